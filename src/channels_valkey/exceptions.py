@@ -1,0 +1,31 @@
+"""The few exceptions this package raises of its own.
+
+``ChannelFull`` is not here: the layers raise ``channels.exceptions.ChannelFull`` so that code
+written against the Channels API catches it whatever the backend.
+"""
+
+from __future__ import annotations
+
+
+class ConfigurationError(ValueError):
+    """A layer option has a wrong type or value.
+
+    Raised when the layer is built, never at the first ``send``, and the message names the
+    option and the entry at fault. It is a ``ValueError`` so that code written for
+    ``channels_redis`` (which raises ``ValueError`` for bad options) keeps working.
+    """
+
+
+class SerializerDoesNotExist(ConfigurationError, KeyError):
+    """``serializer_format`` names a format nobody registered.
+
+    Also a ``KeyError``, the type ``channels_redis`` raises for the same mistake.
+    """
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the whole message; show it as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class SerializationError(TypeError):
+    """A message holds a value its serializer cannot encode; the message names the key."""
