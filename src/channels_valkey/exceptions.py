@@ -29,3 +29,16 @@ class SerializerDoesNotExist(ConfigurationError, KeyError):
 
 class SerializationError(TypeError):
     """A message holds a value its serializer cannot encode; the message names the key."""
+
+
+class ServerUnreachable(ConnectionError):
+    """A Valkey server could not be reached, even after reconnecting and retrying.
+
+    A ``ConnectionError`` (the built-in one), raised by ``send``, ``group_send`` and the other
+    calls when the server stays down longer than the layer's retry budget, and by ``receive``
+    when its reader cannot reconnect. The message names the server.
+    """
+
+    def __init__(self, server: str, cause: BaseException) -> None:
+        super().__init__(f"cannot reach Valkey at {server}: {cause}")
+        self.server = server

@@ -1,0 +1,176 @@
+"""The only place that builds valkey-py clients, and the typed commands the layers send.
+
+A :class:`Shard` is one server (or one Sentinel-managed primary) as seen from one event loop:
+a connection pool for short commands and, for blocking pops, connections of its own. Nothing
+typed ``Any`` leaves this module: callers get ``bool``, ``int``, ``list[str]``...
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from valkey.asyncio import ConnectionPool, Valkey
+from valkey.asyncio.connection import AbstractConnection
+from valkey.asyncio.retry import Retry
+from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from valkey.backoff import EqualJitterBackoff
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
+
+from . import _scripts
+from ._hosts import Host, SentinelHost
+from .exceptions import ConfigurationError, ServerUnreachable
+
+logger = logging.getLogger(__name__)
+
+#: Errors after which a command is worth sending again on a fresh connection.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    ValkeyConnectionError,
+    ValkeyTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+#: How a command rides out a dropped connection, a restart or a Sentinel failover: about ten
+#: seconds of attempts with exponential backoff before the caller sees ServerUnreachable.
+RETRY_ATTEMPTS = 16
+RETRY_BACKOFF_BASE = 0.02
+RETRY_BACKOFF_CAP = 1.0
+
+
+def default_retry() -> Retry:
+    return Retry(
+        EqualJitterBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
+        RETRY_ATTEMPTS,
+    )
+
+
+def _connection_kwargs(host: Host) -> dict[str, Any]:
+    kwargs = dict(host.kwargs)
+    if kwargs.get("decode_responses"):
+        raise ConfigurationError(
+            f"{host.describe()}: decode_responses must stay off, messages are binary"
+        )
+    kwargs["decode_responses"] = False
+    kwargs.setdefault("retry", default_retry())
+    kwargs.setdefault("retry_on_error", list(TRANSIENT_ERRORS))
+    return kwargs
+
+
+def build_pool(host: Host) -> ConnectionPool:
+    """A connection pool for ``host``; no connection is opened until a command needs one."""
+    kwargs = _connection_kwargs(host)
+    if isinstance(host, SentinelHost):
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(host.sentinels), sentinel_kwargs=dict(host.sentinel_kwargs)
+        )
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            host.master_name, sentinel, **kwargs
+        )
+    if host.url is not None:
+        return ConnectionPool.from_url(host.url, **kwargs)
+    if "path" in kwargs:
+        from valkey.asyncio.connection import UnixDomainSocketConnection
+
+        kwargs.setdefault("connection_class", UnixDomainSocketConnection)
+    return ConnectionPool(**kwargs)
+
+
+def check_host(host: Host) -> None:
+    """Fail at construction on connection options valkey-py would only reject at connect time."""
+    try:
+        pool = build_pool(host)
+        pool.make_connection()  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
+
+
+class Shard:
+    """One server as seen from one event loop: the commands the layers send to it."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.pool = build_pool(host)
+        self.client = Valkey(connection_pool=self.pool)
+
+    def __repr__(self) -> str:
+        return f"<Shard {self.host.describe()}>"
+
+    async def _run(
+        self, script: _scripts.Script, keys: list[str], args: list[_scripts.Arg]
+    ) -> object:
+        try:
+            return await script(self.client, keys, args)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
+
+    async def send(
+        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+    ) -> bool:
+        """Queue ``payload``; ``False`` when the channel is at capacity."""
+        return bool(await self._run(_scripts.SEND, [queue], [repr(now), expiry, capacity, payload]))
+
+    async def send_many(
+        self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
+    ) -> int:
+        """Queue one payload on each ``(queue, capacity, payload)``; returns how many were full."""
+        args: list[_scripts.Arg] = [repr(now), expiry]
+        for _, capacity, payload in deliveries:
+            args += [capacity, payload]
+        full = await self._run(_scripts.SEND_MANY, [queue for queue, _, _ in deliveries], args)
+        return int(cast(int, full))
+
+    async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:
+        await self._run(_scripts.GROUP_ADD, [group_key], [repr(time.time()), group_expiry, channel])
+
+    async def group_discard(self, group_key: str, channel: str) -> None:
+        try:
+            await self.client.zrem(group_key, channel)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
+
+    async def group_members(self, group_key: str, joined_after: float) -> list[str]:
+        """Members that joined after ``joined_after``; older ones have expired."""
+        try:
+            members = await self.client.zrangebyscore(group_key, f"({joined_after!r}", "+inf")
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
+        return [member.decode("utf8") for member in members]
+
+    async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
+        args: list[_scripts.Arg] = [expiry]
+        for score, payload in items:
+            args += [repr(score), payload]
+        await self._run(_scripts.REQUEUE, [queue], args)
+
+    async def wake(self, wake_key: str, tokens: int) -> None:
+        """Release readers blocked on ``wake_key`` (see ``_reader``); the key lives 60 s."""
+        mapping: Mapping[str, float] = {str(i): 0 for i in range(tokens)}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(wake_key, mapping)
+            pipe.expire(wake_key, 60)
+            await pipe.execute()
+
+    async def delete_matching(self, pattern: str) -> int:
+        """``UNLINK`` every key matching ``pattern``, found with ``SCAN`` (never ``KEYS``)."""
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self.client.unlink(*batch)
+        return deleted
+
+    def blocking_connection(self) -> AbstractConnection:
+        """A connection outside the pool, owned by one reader for its blocking pops."""
+        connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def aclose(self) -> None:
+        await self.client.aclose(close_connection_pool=True)

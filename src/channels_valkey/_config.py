@@ -1,0 +1,102 @@
+"""The core layer's options, checked once at construction into one frozen value.
+
+Names and defaults are those of ``channels_redis`` 4.x so settings move over unchanged. Each
+check raises :class:`~channels_valkey.exceptions.ConfigurationError` naming the option.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._hosts import Host, parse_hosts
+from .exceptions import ConfigurationError
+
+CapacityRule = tuple["re.Pattern[str]", int]
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    hosts: tuple[Host, ...]
+    prefix: str
+    expiry: int
+    group_expiry: int
+    capacity: int
+    channel_capacity: tuple[CapacityRule, ...]
+    random_prefix_length: int
+
+    def capacity_of(self, channel: str) -> int:
+        """The first ``channel_capacity`` rule that matches wins, else ``capacity``."""
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(channel):
+                return capacity
+        return self.capacity
+
+
+def build_config(
+    *,
+    hosts: object,
+    prefix: object,
+    expiry: object,
+    group_expiry: object,
+    capacity: object,
+    channel_capacity: object,
+    random_prefix_length: object,
+) -> LayerConfig:
+    return LayerConfig(
+        hosts=parse_hosts(hosts),
+        prefix=check_prefix(prefix),
+        expiry=positive_int("expiry", expiry),
+        group_expiry=positive_int("group_expiry", group_expiry),
+        capacity=positive_int("capacity", capacity),
+        channel_capacity=compile_capacities(channel_capacity),
+        random_prefix_length=non_negative_int("random_prefix_length", random_prefix_length),
+    )
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise ConfigurationError(f"prefix must be a str, got {type(prefix).__name__}")
+    return prefix
+
+
+def non_negative_int(option: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(f"{option} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def positive_int(option: str, value: object) -> int:
+    """Seconds and counts: fractional values are refused, Valkey's EXPIRE takes whole seconds."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def compile_capacities(channel_capacity: object) -> tuple[CapacityRule, ...]:
+    """Compile ``{glob or compiled regex: capacity}`` in the mapping's order."""
+    if channel_capacity is None:
+        return ()
+    if not isinstance(channel_capacity, Mapping):
+        raise ConfigurationError(
+            "channel_capacity must be a dict of {channel glob or compiled regex: capacity}, "
+            f"got {type(channel_capacity).__name__}"
+        )
+    rules: list[CapacityRule] = []
+    for pattern, value in channel_capacity.items():
+        capacity = positive_int(f"channel_capacity[{pattern!r}]", value)
+        rules.append((_compile(pattern), capacity))
+    return tuple(rules)
+
+
+def _compile(pattern: Any) -> re.Pattern[str]:
+    if isinstance(pattern, re.Pattern):
+        return pattern
+    if isinstance(pattern, str):
+        return re.compile(fnmatch.translate(pattern))
+    raise ConfigurationError(
+        f"channel_capacity keys must be glob strings or compiled regexes, got {pattern!r}"
+    )

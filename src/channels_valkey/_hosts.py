@@ -1,0 +1,185 @@
+"""Parse the ``hosts`` option once, at construction, into typed values.
+
+Users write ``hosts`` in the shapes ``channels_redis`` accepts; everything downstream works on
+the frozen dataclasses below, so a bad entry fails here with a message that names it instead of
+failing later inside the client. This module is pure: it opens no connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError
+
+#: URL schemes the client understands. ``redis``/``rediss`` stay accepted so that settings
+#: written for channels_redis work unchanged.
+URL_SCHEMES = frozenset({"valkey", "valkeys", "redis", "rediss", "unix"})
+
+DEFAULT_URL = "valkey://localhost:6379"
+
+_SENTINEL_KEYS = frozenset({"sentinels", "master_name", "sentinel_kwargs"})
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class ServerHost:
+    """One server reached directly, by URL or by connection keyword arguments.
+
+    Exactly one of ``url`` and ``kwargs["host"]``/``kwargs["path"]`` says where the server is;
+    the remaining ``kwargs`` (``password``, ``ssl_ca_certs``, ``socket_timeout``...) go to the
+    connection unchanged.
+    """
+
+    url: str | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+
+    def describe(self) -> str:
+        """Where the server is, without credentials, for messages and logs."""
+        if self.url is not None:
+            return _redact(self.url)
+        if "path" in self.kwargs:
+            return f"unix://{self.kwargs['path']}"
+        return f"{self.kwargs.get('host', 'localhost')}:{self.kwargs.get('port', 6379)}"
+
+
+@dataclass(frozen=True)
+class SentinelHost:
+    """A primary found through Sentinel: the layer follows it across failovers."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    sentinel_kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+    #: Keyword arguments for the connections to the primary itself.
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+
+    def describe(self) -> str:
+        nodes = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+        return f"sentinel://{nodes}/{self.master_name}"
+
+
+Host = ServerHost | SentinelHost
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def parse_hosts(hosts: object) -> tuple[Host, ...]:
+    """Turn the ``hosts`` option into one typed entry per shard.
+
+    ``None`` or an empty list means one server at ``valkey://localhost:6379``, the peers'
+    default. Several entries shard the keys between them by consistent hash.
+    """
+    if hosts is None or (
+        isinstance(hosts, Sequence) and not isinstance(hosts, str | bytes) and len(hosts) == 0
+    ):
+        return (ServerHost(url=DEFAULT_URL),)
+    if isinstance(hosts, str | bytes):
+        raise ConfigurationError(
+            f"hosts must be a list of hosts, not a single {type(hosts).__name__}; "
+            f"wrap it in a list: hosts=[{hosts!r}]"
+        )
+    if not isinstance(hosts, Sequence):
+        raise ConfigurationError(f"hosts must be a list of hosts, got {type(hosts).__name__}")
+    return tuple(_parse_entry(index, entry) for index, entry in enumerate(hosts))
+
+
+def _parse_entry(index: int, entry: object) -> Host:
+    where = f"hosts[{index}]"
+    if isinstance(entry, str):
+        return ServerHost(url=_check_url(where, entry))
+    if isinstance(entry, tuple | list):
+        return _parse_pair(where, entry)
+    if isinstance(entry, Mapping):
+        return _parse_mapping(where, entry)
+    raise ConfigurationError(
+        f"{where} must be a URL string, a (host, port) pair or a dict, "
+        f"got {type(entry).__name__}: {entry!r}"
+    )
+
+
+def _check_url(where: str, url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise ConfigurationError(
+            f"{where} is {_redact(url)!r}: the URL scheme must be one of "
+            f"{', '.join(sorted(URL_SCHEMES))}"
+        )
+    return url
+
+
+def _parse_pair(where: str, entry: Sequence[object]) -> ServerHost:
+    if len(entry) != 2 or not isinstance(entry[0], str) or not _is_port(entry[1]):
+        raise ConfigurationError(
+            f"{where} must be a (host, port) pair such as ('localhost', 6379), got {entry!r}"
+        )
+    return ServerHost(kwargs=_frozen({"host": entry[0], "port": int(entry[1])}))  # type: ignore[call-overload]
+
+
+def _as_pair(value: object) -> Sequence[object]:
+    return value if isinstance(value, tuple | list) else [value]
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+
+
+def _parse_mapping(where: str, entry: Mapping[Any, Any]) -> Host:
+    if any(not isinstance(key, str) for key in entry):
+        raise ConfigurationError(f"{where}: connection option names must be strings")
+    options = dict(entry)
+    if _SENTINEL_KEYS & options.keys():
+        return _parse_sentinel(where, options)
+    if "address" in options:
+        address = options.pop("address")
+        if not isinstance(address, str):
+            raise ConfigurationError(f"{where}['address'] must be a URL string, got {address!r}")
+        return ServerHost(url=_check_url(f"{where}['address']", address), kwargs=_frozen(options))
+    if "port" in options and not _is_port(options["port"]):
+        raise ConfigurationError(f"{where}['port'] must be a port number, got {options['port']!r}")
+    return ServerHost(kwargs=_frozen(options))
+
+
+def _parse_sentinel(where: str, options: dict[str, Any]) -> SentinelHost:
+    sentinels = options.pop("sentinels", None)
+    master_name = options.pop("master_name", None)
+    sentinel_kwargs = options.pop("sentinel_kwargs", None) or {}
+    if not isinstance(master_name, str) or not master_name:
+        raise ConfigurationError(
+            f"{where} is a Sentinel entry: 'master_name' must name the monitored primary"
+        )
+    if isinstance(sentinels, str | bytes) or not isinstance(sentinels, Sequence) or not sentinels:
+        raise ConfigurationError(
+            f"{where}['sentinels'] must be a non-empty list of (host, port) pairs, "
+            f"got {sentinels!r}"
+        )
+    pairs = tuple(
+        _parse_pair(
+            f"{where}['sentinels'][{i}]", pair if isinstance(pair, tuple | list) else [pair]
+        )
+        for i, pair in enumerate(sentinels)
+    )
+    if not isinstance(sentinel_kwargs, Mapping):
+        raise ConfigurationError(f"{where}['sentinel_kwargs'] must be a dict")
+    if "address" in options:
+        raise ConfigurationError(
+            f"{where} mixes 'address' with Sentinel options; a Sentinel entry finds the "
+            "primary itself, drop 'address'"
+        )
+    return SentinelHost(
+        sentinels=tuple((p.kwargs["host"], p.kwargs["port"]) for p in pairs),
+        master_name=master_name,
+        sentinel_kwargs=_frozen(sentinel_kwargs),
+        kwargs=_frozen(options),
+    )

@@ -1,0 +1,50 @@
+"""Key naming: the layout channels_redis 4.x uses, so both packages share one server.
+
+- a channel's queue is a sorted set at ``prefix + channel``, scored by the send time; a
+  process-local channel (``name!suffix``) shares the queue of its process, ``prefix + name!``;
+- a group is a sorted set at ``prefix + ":group:" + group`` of channel names scored by the time
+  they joined.
+
+Keys of our own (never read by the peers) end in ``$`` followed by a word, a character that
+cannot occur in a channel name, so they can never collide with a queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The message key that carries the full name of a process-local channel (or, for group sends,
+#: the list of names) inside the queue its process shares. Users may not set it.
+RESERVED_KEY = "__asgi_channel__"
+
+
+def is_process_local(channel: str) -> bool:
+    return "!" in channel
+
+
+def non_local_name(channel: str) -> str:
+    """The part of a process-local channel name up to and including ``!``."""
+    bang = channel.find("!")
+    return channel if bang == -1 else channel[: bang + 1]
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """All key names under one ``prefix``."""
+
+    prefix: str
+
+    def queue(self, channel: str) -> str:
+        """The queue that holds messages for ``channel``."""
+        return self.prefix + non_local_name(channel)
+
+    def group(self, group: str) -> str:
+        return f"{self.prefix}:group:{group}"
+
+    def wake(self, queue_key: str, reader: str) -> str:
+        """A key a stopping reader blocks on beside its queue (see ``_reader``)."""
+        return f"{queue_key}$wake:{reader}"
+
+    def pattern(self) -> str:
+        """A ``SCAN MATCH`` pattern for every key under this prefix."""
+        return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix) + "*"

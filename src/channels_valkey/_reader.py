@@ -1,0 +1,168 @@
+"""A task that pops one queue with ``BZMPOP`` on a connection of its own.
+
+Why a task of its own, and not the ``receive()`` call: a blocking pop that is abandoned half-way
+loses whatever the server had already popped for it. ``receive()`` calls get cancelled all the
+time (a websocket closes), so they only ever wait on a future (``_receiver``); the pop itself
+runs here, and is never abandoned:
+
+- the reader pops only while ``wanted()`` says some ``receive()`` waits for its queue, and
+  stops after the first pop that finds nobody waiting (or after ``block`` seconds idle);
+- when the task is cancelled (its event loop is shutting down) while a pop is in flight, it
+  pushes a token to its *wake key*, which the same ``BZMPOP`` watches after the queue, so the
+  pop returns at once; it reads that answer and hands on any messages before it stops;
+- a dropped connection is reopened with backoff; after ``RECONNECT_DEADLINE`` seconds without
+  success, the reader gives up and ``fail()`` reports :class:`ServerUnreachable` to the waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+from ._client import TRANSIENT_ERRORS, Shard
+from ._log import RateLimitedLog
+from .exceptions import ServerUnreachable
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_DEADLINE = 30.0
+_BACKOFF_CAP = 1.0
+
+
+@dataclass(frozen=True)
+class Popped:
+    """One message as the server handed it over: bytes and send time (its score)."""
+
+    payload: bytes
+    sent_at: float
+
+
+class QueueReader:
+    def __init__(
+        self,
+        shard: Shard,
+        queue: str,
+        wake_key: str,
+        *,
+        batch: int,
+        block: float,
+        wanted: Callable[[], bool],
+        deliver: Callable[[list[Popped]], Awaitable[None]],
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        self.shard = shard
+        self.queue = queue
+        self._wake_key = wake_key
+        self._command = ("BZMPOP", block, 2, queue, wake_key, "MIN", "COUNT", batch)
+        self._wanted = wanted
+        self._deliver = deliver
+        self._fail = fail
+        self._stopping = False
+        self._linger = block
+        self._wanted_again = asyncio.Event()
+        self._warnings = RateLimitedLog(logger, interval=10.0)
+        self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._run(), name=f"channels_valkey reader {queue}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<QueueReader {self.queue} on {self.shard!r}>"
+
+    def poke(self) -> None:
+        """A ``receive()`` waits again: a lingering reader resumes popping."""
+        self._wanted_again.set()
+
+    async def _still_wanted(self) -> bool:
+        """Linger a while when nobody waits, keeping the connection for the next receive()."""
+        if self._wanted():
+            return True
+        self._wanted_again.clear()
+        try:
+            await asyncio.wait_for(self._wanted_again.wait(), self._linger)
+        except asyncio.TimeoutError:
+            return False
+        return not self._stopping
+
+    @property
+    def running(self) -> bool:
+        return not self.task.done()
+
+    async def stop(self) -> None:
+        """Stop after the pop in flight, which a wake token ends at once."""
+        if self.task.done():
+            return
+        self._stopping = True
+        self._wanted_again.set()
+        try:
+            await self.shard.wake(self._wake_key, 1)
+        except TRANSIENT_ERRORS:
+            self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        connection = self.shard.blocking_connection()
+        failing_since: float | None = None
+        try:
+            while not self._stopping and await self._still_wanted():
+                try:
+                    batch = await self._pop(connection)
+                except TRANSIENT_ERRORS as error:
+                    await connection.disconnect()
+                    failing_since = failing_since or time.monotonic()
+                    waited = time.monotonic() - failing_since
+                    if waited > RECONNECT_DEADLINE:
+                        self._fail(ServerUnreachable(self.shard.host.describe(), error))
+                        return
+                    self._warnings.warning(
+                        "Lost the connection to %s while reading %s (%s); reconnecting",
+                        self.shard.host.describe(),
+                        self.queue,
+                        error,
+                    )
+                    await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
+                    continue
+                except Exception as error:  # a server refusal: retrying would not help
+                    self._fail(error)
+                    return
+                failing_since = None
+                if batch:
+                    await self._deliver(batch)
+        finally:
+            await connection.disconnect()
+
+    async def _pop(self, connection: object) -> list[Popped]:
+        conn = connection  # valkey-py's connection; typed loosely because valkey-py is untyped
+        await conn.send_command(*self._command)  # type: ignore[attr-defined]
+        try:
+            reply = await conn.read_response(disconnect_on_error=False)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            await self._finish_after_cancel(conn)
+            raise
+        return self._parse(reply)
+
+    async def _finish_after_cancel(self, conn: object) -> None:
+        """The server may have popped for us already: wake the pop and keep what it returns."""
+        try:
+            await self.shard.wake(self._wake_key, 1)
+            reply = await asyncio.wait_for(
+                conn.read_response(disconnect_on_error=False),  # type: ignore[attr-defined]
+                timeout=5,
+            )
+            batch = self._parse(reply)
+            if batch:
+                await self._deliver(batch)
+        except Exception as error:
+            logger.warning("Could not finish the last read of %s on close: %s", self.queue, error)
+
+    def _parse(self, reply: object) -> list[Popped]:
+        """``BZMPOP`` answers ``nil`` or ``[key, [[member, score], ...]]``."""
+        if reply is None:
+            return []
+        key, items = cast("tuple[bytes, list[tuple[bytes, bytes]]]", reply)
+        if key != self.queue.encode("utf8"):
+            return []  # a wake token
+        return [Popped(payload, float(score)) for payload, score in items]

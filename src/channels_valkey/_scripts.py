@@ -1,0 +1,46 @@
+"""The Lua scripts in ``lua/``, loaded once per process and called by SHA.
+
+Each call sends ``EVALSHA`` with the script's SHA-1; a server that does not know the script
+yet (first use, restart, failover) answers ``NOSCRIPT``, and the script is loaded and the call
+repeated once. The source never travels with a normal call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+from valkey.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    from valkey.asyncio import Valkey
+
+Arg = str | bytes | int | float
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
+        return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+    async def __call__(self, client: Valkey, keys: list[str], args: list[Arg]) -> object:
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            await client.execute_command("SCRIPT", "LOAD", self.source)  # type: ignore[no-untyped-call]
+            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
+SEND = Script.load("send")
+SEND_MANY = Script.load("send_many")
+GROUP_ADD = Script.load("group_add")
+REQUEUE = Script.load("requeue")

@@ -1,0 +1,336 @@
+"""``ValkeyChannelLayer``: channels and groups kept in Valkey.
+
+A message waits in Valkey until a consumer takes it, so delivery survives a consumer that is
+slow or restarting, up to ``expiry`` seconds. The key layout and payload format are those of
+``channels_redis`` 4.x, so processes running either package share one server (see ``_keys``).
+
+Costs per operation (client round trips): ``send`` 1; ``receive`` at most 1, fewer when a
+burst arrives (one ``BZMPOP`` pops up to ``capacity`` messages for this process's channels);
+``group_send`` 1 to read the group plus 1 per shard holding members, sent concurrently,
+whatever the group's size; ``group_add``/``group_discard`` 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+
+from ._client import Shard, check_host
+from ._config import LayerConfig, build_config
+from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
+from ._loops import LoopRegistry, LoopResources
+from ._messages import check_message
+from ._plan import plan_group_send
+from ._reader import Popped, QueueReader
+from ._receiver import Mailbox, Message
+from ._sharding import shard_index
+from .serializers import registry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a blocking pop waits before it checks whether anyone still wants its queue.
+BLOCK_SECONDS = 5
+
+
+class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """Channel layer storing queues and groups in Valkey (a drop-in for ``RedisChannelLayer``).
+
+    Options keep the names and defaults of ``channels_redis`` 4.x; they are checked here and
+    a bad one raises :class:`~channels_valkey.exceptions.ConfigurationError`.
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 100,
+        channel_capacity: dict[Any, int] | None = None,
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        random_prefix_length: int = 12,
+        serializer_format: str = "msgpack",
+    ) -> None:
+        self.config: LayerConfig = build_config(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            random_prefix_length=random_prefix_length,
+        )
+        for host in self.config.hosts:
+            check_host(host)
+        self._serializer = registry.get_serializer(
+            serializer_format,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            random_prefix_length=self.config.random_prefix_length,
+            expiry=self.config.expiry,
+        )
+        self._keys = KeySpace(self.config.prefix)
+        #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
+        self.client_prefix = uuid.uuid4().hex
+        self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry)
+        self._loops = LoopRegistry(self.config.hosts)
+        # receive() serves one event loop at a time: the mailbox's futures belong to it.
+        self._receive_loop: asyncio.AbstractEventLoop | None = None
+        self._receiving = 0
+
+    # Read-only views of the options, under the names channels_redis exposes.
+    @property
+    def prefix(self) -> str:
+        return self.config.prefix
+
+    @property
+    def expiry(self) -> int:
+        return self.config.expiry
+
+    @property
+    def group_expiry(self) -> int:
+        return self.config.group_expiry
+
+    @property
+    def capacity(self) -> int:
+        return self.config.capacity
+
+    @property
+    def ring_size(self) -> int:
+        return len(self.config.hosts)
+
+    def get_capacity(self, channel: str) -> int:
+        return self.config.capacity_of(channel)
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(host.describe() for host in self.config.hosts)
+        return f"<ValkeyChannelLayer prefix={self.prefix!r} hosts=[{hosts}]>"
+
+    # --- the channel layer API -------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Queue ``message`` on ``channel``; raises ``ChannelFull`` at capacity."""
+        self.require_valid_channel_name(channel)
+        check_message(message)
+        if is_process_local(channel):
+            message = {**message, RESERVED_KEY: channel}
+        name = non_local_name(channel)
+        payload = self._serializer.serialize(message)
+        shard = self._loops.current().shards[shard_index(name, self.ring_size)]
+        queued = await shard.send(
+            self._keys.queue(name), time.time(), self.expiry, self.get_capacity(channel), payload
+        )
+        if not queued:
+            raise ChannelFull(channel)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for the next message on ``channel``.
+
+        Several coroutines may receive on one channel; each message goes to one of them.
+        Cancelling a ``receive()`` never loses or duplicates a message.
+        """
+        self.require_valid_channel_name(channel)
+        if is_process_local(channel):
+            self._check_owned(channel)
+        resources = self._loops.current()
+        self._enter_receive()
+        try:
+            message = self._mailbox.take(channel)
+            if message is not None:
+                return message
+            queue = self._keys.queue(channel)
+            future = self._mailbox.wait(channel, queue)
+            try:
+                self._start_readers(resources, channel, queue)
+                _, message = await future
+            except BaseException:
+                self._mailbox.done_waiting(channel, queue, future, returned=False)
+                raise
+            self._mailbox.done_waiting(channel, queue, future, returned=True)
+            return message
+        finally:
+            self._leave_receive()
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-local channel name that this layer can receive on."""
+        channel = f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
+        self.require_valid_channel_name(channel)
+        return channel
+
+    # --- groups extension ------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._group_shard(group).group_add(
+            self._keys.group(group), channel, self.group_expiry
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._group_shard(group).group_discard(self._keys.group(group), channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every member; members at capacity are skipped and counted."""
+        self.require_valid_group_name(group)
+        check_message(message)
+        shards = self._loops.current().shards
+        now = time.time()
+        members = await self._group_shard(group).group_members(
+            self._keys.group(group), now - self.group_expiry
+        )
+        plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
+        shared = self._serializer.serialize(message)  # one payload for every normal channel
+        sends = []
+        for index, writes in plan.items():
+            deliveries = [
+                (
+                    write.queue,
+                    write.capacity,
+                    self._serializer.serialize(
+                        {**message, RESERVED_KEY: list(write.local_channels)}
+                    )
+                    if write.local_channels
+                    else shared,
+                )
+                for write in writes
+            ]
+            sends.append(shards[index].send_many(deliveries, now, self.expiry))
+        full = sum(await asyncio.gather(*sends))
+        if full:
+            logger.info("%d of %d channels in group %s were full", full, len(members), group)
+
+    # --- flush extension and closing -------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Delete every key under this layer's prefix on every shard (``SCAN``, not ``KEYS``)."""
+        shards = self._loops.current().shards
+        await asyncio.gather(*(shard.delete_matching(self._keys.pattern()) for shard in shards))
+        self._mailbox.clear()
+
+    async def close_pools(self) -> None:
+        """Close this event loop's connections and readers; the layer reopens them on use.
+
+        Not required: a loop's connections also close when ``asyncio.run()`` or
+        ``async_to_sync`` finishes the loop.
+        """
+        await self._loops.close_current()
+
+    async def close(self) -> None:
+        """Same as :meth:`close_pools`; safe to call several times."""
+        await self.close_pools()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _group_shard(self, group: str) -> Shard:
+        return self._loops.current().shards[shard_index(group, self.ring_size)]
+
+    def _check_owned(self, channel: str) -> None:
+        if not non_local_name(channel).endswith(f".{self.client_prefix}!"):
+            raise ValueError(
+                f"Cannot receive on {channel!r}: it is a process-local channel of another "
+                "process or layer instance (only the layer whose new_channel() made it can)"
+            )
+
+    def _enter_receive(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._receiving and self._receive_loop is not loop:
+            raise RuntimeError(
+                "receive() is already running on this layer in another event loop; a layer "
+                "receives on one event loop at a time"
+            )
+        self._receive_loop = loop
+        self._receiving += 1
+
+    def _leave_receive(self) -> None:
+        self._receiving -= 1
+        if not self._receiving:
+            self._receive_loop = None
+
+    def _start_readers(self, resources: LoopResources, channel: str, queue: str) -> None:
+        """Make sure the queue holding ``channel`` is being popped on the shard(s) it lives on.
+
+        A process-local queue lives on its name's shard and is popped in batches. A normal
+        channel is read on every shard, one message per pop, because processes running
+        channels_redis spread a normal channel's messages over all shards.
+        """
+        if is_process_local(channel):
+            indexes: Iterable[int] = [shard_index(non_local_name(channel), self.ring_size)]
+            batch = self.capacity
+        else:
+            indexes = range(self.ring_size)
+            batch = 1
+        for index in indexes:
+            running = resources.reader(index, queue)
+            if running is not None:
+                running.poke()
+                continue
+            shard = resources.shards[index]
+            deliver = (
+                self._deliver_local
+                if is_process_local(channel)
+                else self._normal_sink(shard, queue, channel)
+            )
+            reader = QueueReader(
+                shard,
+                queue,
+                self._keys.wake(queue, self.client_prefix),
+                batch=batch,
+                block=BLOCK_SECONDS,
+                wanted=partial(self._mailbox.wanted, queue),
+                deliver=deliver,
+                fail=partial(self._mailbox.fail, queue),
+            )
+            resources.add_reader(index, reader)
+
+    def _local_payload(self, message: Message, channels: tuple[str, ...]) -> bytes:
+        return self._serializer.serialize({**message, RESERVED_KEY: list(channels)})
+
+    def _decode(self, popped: Popped) -> Message | None:
+        try:
+            message: Message = self._serializer.deserialize(popped.payload)
+        except Exception:
+            logger.exception("Dropped a message that could not be decoded")
+            return None
+        return message
+
+    async def _deliver_local(self, batch: list[Popped]) -> None:
+        for popped in batch:
+            message = self._decode(popped)
+            if message is None:
+                continue
+            targets = message.pop(RESERVED_KEY, None)
+            if isinstance(targets, str):
+                self._mailbox.offer(targets, popped.sent_at, message, keep=True)
+            elif isinstance(targets, list):
+                for target in targets:
+                    self._mailbox.offer(target, popped.sent_at, dict(message), keep=True)
+            else:
+                logger.warning("Dropped a message without %s in a process queue", RESERVED_KEY)
+
+    def _normal_sink(
+        self, shard: Shard, queue: str, channel: str
+    ) -> Callable[[list[Popped]], Awaitable[None]]:
+        async def deliver(batch: list[Popped]) -> None:
+            unclaimed: list[tuple[float, bytes]] = []
+            for popped in batch:
+                message = self._decode(popped)
+                if message is None:
+                    continue
+                message.pop(RESERVED_KEY, None)
+                if not self._mailbox.offer(channel, popped.sent_at, message, keep=False):
+                    unclaimed.append((popped.sent_at, popped.payload))
+            if unclaimed:
+                await shard.requeue(queue, self.expiry, unclaimed)
+
+        return deliver
