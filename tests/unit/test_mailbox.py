@@ -1,0 +1,371 @@
+"""Unit tests for the Mailbox: popped messages, buffers and the receive() calls waiting.
+
+Time is a fake clock patched into the modules that read it, so expiry and rate limiting are
+tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from channels_valkey import _log, _receiver
+from channels_valkey._receiver import Mailbox
+
+EXPIRY = 60
+LOGGER = "channels_valkey._receiver"
+
+
+class Clock:
+    """Stands in for the ``time`` module: wall clock and monotonic clock move together."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(_receiver, "time", fake)
+    monkeypatch.setattr(_log, "time", fake)
+    return fake
+
+
+def capacity_of(channel: str) -> int:
+    return 2 if channel.startswith("small") else 100
+
+
+@pytest.fixture
+def mailbox(clock: Clock) -> Mailbox:
+    return Mailbox(capacity_of, EXPIRY)
+
+
+def msg(n: int) -> dict[str, Any]:
+    return {"type": "test", "n": n}
+
+
+def drain(mailbox: Mailbox, channel: str) -> list[int]:
+    taken = []
+    while (message := mailbox.take(channel)) is not None:
+        taken.append(message["n"])
+    return taken
+
+
+# --- handing messages to waiters ------------------------------------------------------------
+
+
+async def test_offer_goes_to_a_waiter(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    assert mailbox.offer("chat", clock.now, msg(1), keep=False) is True
+    assert future.done()
+    assert future.result() == (clock.now, msg(1))
+    assert mailbox.take("chat") is None
+
+
+async def test_offer_to_a_waiter_is_not_also_buffered(mailbox: Mailbox, clock: Clock) -> None:
+    mailbox.wait("chat", "asgichat")
+    assert mailbox.offer("chat", clock.now, msg(1), keep=True) is True
+    assert mailbox.take("chat") is None
+
+
+async def test_waiters_are_served_first_come_first_served(mailbox: Mailbox, clock: Clock) -> None:
+    futures = [mailbox.wait("chat", "asgichat") for _ in range(3)]
+    for n in (1, 2):
+        assert mailbox.offer("chat", clock.now, msg(n), keep=False)
+    assert futures[0].result()[1] == msg(1)
+    assert futures[1].result()[1] == msg(2)
+    assert not futures[2].done()
+    assert mailbox.offer("chat", clock.now, msg(3), keep=False)
+    assert futures[2].result()[1] == msg(3)
+
+
+async def test_one_message_goes_to_one_waiter_only(mailbox: Mailbox, clock: Clock) -> None:
+    first = mailbox.wait("chat", "asgichat")
+    second = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    assert [first.done(), second.done()] == [True, False]
+    assert mailbox.take("chat") is None
+
+
+async def test_waiters_of_other_channels_are_not_served(mailbox: Mailbox, clock: Clock) -> None:
+    other = mailbox.wait("specific.p!b", "asgispecific.p!")
+    assert mailbox.offer("specific.p!a", clock.now, msg(1), keep=False) is False
+    assert not other.done()
+
+
+async def test_cancelled_waiter_is_skipped(mailbox: Mailbox, clock: Clock) -> None:
+    cancelled = mailbox.wait("chat", "asgichat")
+    waiting = mailbox.wait("chat", "asgichat")
+    cancelled.cancel()
+    assert mailbox.offer("chat", clock.now, msg(1), keep=False) is True
+    assert waiting.result()[1] == msg(1)
+
+
+# --- buffering ------------------------------------------------------------------------------
+
+
+async def test_keep_buffers_without_a_waiter_in_order(mailbox: Mailbox, clock: Clock) -> None:
+    for n in range(1, 5):
+        assert mailbox.offer("chat", clock.now, msg(n), keep=True) is True
+    assert drain(mailbox, "chat") == [1, 2, 3, 4]
+
+
+async def test_without_keep_and_without_waiter_offer_declines(
+    mailbox: Mailbox, clock: Clock
+) -> None:
+    assert mailbox.offer("chat", clock.now, msg(1), keep=False) is False
+    assert mailbox.take("chat") is None
+
+
+async def test_take_of_unknown_channel(mailbox: Mailbox) -> None:
+    assert mailbox.take("nothing") is None
+
+
+async def test_buffers_are_per_channel(mailbox: Mailbox, clock: Clock) -> None:
+    mailbox.offer("a", clock.now, msg(1), keep=True)
+    mailbox.offer("b", clock.now, msg(2), keep=True)
+    assert drain(mailbox, "b") == [2]
+    assert drain(mailbox, "a") == [1]
+
+
+async def test_buffer_is_bounded_by_capacity_newest_dropped(
+    mailbox: Mailbox, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for n in range(1, 6):
+        assert mailbox.offer("small.chat", clock.now, msg(n), keep=True) is True
+    assert drain(mailbox, "small.chat") == [1, 2]
+    # Room again once the consumer has read.
+    mailbox.offer("small.chat", clock.now, msg(6), keep=True)
+    assert drain(mailbox, "small.chat") == [6]
+
+
+async def test_full_buffer_warns_once_then_rate_limits(
+    mailbox: Mailbox, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for n in range(2):
+        mailbox.offer("small.chat", clock.now, msg(n), keep=True)
+    assert caplog.records == []
+
+    for n in range(2, 6):  # four drops
+        mailbox.offer("small.chat", clock.now, msg(n), keep=True)
+        clock.advance(1)
+    warnings = [r for r in caplog.records if r.name == LOGGER]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "small.chat" in warnings[0].getMessage()
+    assert "buffer is full (capacity 2)" in warnings[0].getMessage()
+
+    clock.advance(60)
+    mailbox.offer("small.chat", clock.now, msg(6), keep=True)
+    warnings = [r for r in caplog.records if r.name == LOGGER]
+    assert len(warnings) == 2
+    assert "(3 similar events not logged in the last 60 s)" in warnings[1].getMessage()
+
+
+async def test_capacity_is_per_channel(mailbox: Mailbox, clock: Clock) -> None:
+    for n in range(10):
+        mailbox.offer("small.a", clock.now, msg(n), keep=True)
+        mailbox.offer("big", clock.now, msg(n), keep=True)
+    assert drain(mailbox, "small.a") == [0, 1]
+    assert drain(mailbox, "big") == list(range(10))
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+async def test_take_skips_expired_messages(mailbox: Mailbox, clock: Clock) -> None:
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    clock.advance(30)
+    mailbox.offer("chat", clock.now, msg(2), keep=True)
+    clock.advance(31)
+    assert drain(mailbox, "chat") == [2]
+
+
+async def test_take_of_only_expired_messages(mailbox: Mailbox, clock: Clock) -> None:
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    clock.advance(EXPIRY + 1)
+    assert mailbox.take("chat") is None
+    clock.now -= EXPIRY + 1
+    assert mailbox.take("chat") is None  # dropped, not just hidden
+
+
+async def test_message_exactly_expiry_old_is_still_delivered(
+    mailbox: Mailbox, clock: Clock
+) -> None:
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    clock.advance(EXPIRY)
+    assert drain(mailbox, "chat") == [1]
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now - EXPIRY, msg(2), keep=False)
+    assert future.result()[1] == msg(2)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_offer_never_hands_out_an_expired_message(
+    mailbox: Mailbox, clock: Clock, keep: bool
+) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    # Consumed (so the caller does not put it back in Valkey), but given to no one.
+    assert mailbox.offer("chat", clock.now - EXPIRY - 1, msg(1), keep=keep) is True
+    assert not future.done()
+    mailbox.done_waiting("chat", "asgichat", future, returned=False)
+    assert mailbox.offer("chat", clock.now - EXPIRY - 1, msg(2), keep=keep) is True
+    assert mailbox.take("chat") is None
+
+
+# --- done_waiting ---------------------------------------------------------------------------
+
+
+async def test_undelivered_message_goes_back_to_the_front(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    mailbox.offer("chat", clock.now, msg(2), keep=True)
+    mailbox.offer("chat", clock.now, msg(3), keep=True)
+    mailbox.done_waiting("chat", "asgichat", future, returned=False)
+    assert drain(mailbox, "chat") == [1, 2, 3]
+
+
+async def test_returned_message_is_not_kept(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    mailbox.offer("chat", clock.now, msg(2), keep=True)
+    mailbox.done_waiting("chat", "asgichat", future, returned=True)
+    assert drain(mailbox, "chat") == [2]
+
+
+async def test_put_back_message_still_expires(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now, msg(1), keep=False)
+    mailbox.done_waiting("chat", "asgichat", future, returned=False)
+    clock.advance(EXPIRY + 1)
+    assert mailbox.take("chat") is None
+
+
+async def test_cancelled_waiter_leaves_nothing_behind(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    future.cancel()
+    mailbox.done_waiting("chat", "asgichat", future, returned=False)
+    assert mailbox.take("chat") is None
+    assert not mailbox.wanted("asgichat")
+    assert mailbox.offer("chat", clock.now, msg(1), keep=False) is False
+
+
+async def test_done_waiting_unregisters_the_waiter(mailbox: Mailbox, clock: Clock) -> None:
+    gone = mailbox.wait("chat", "asgichat")
+    staying = mailbox.wait("chat", "asgichat")
+    gone.cancel()
+    mailbox.done_waiting("chat", "asgichat", gone, returned=False)
+    mailbox.offer("chat", clock.now, msg(1), keep=False)
+    assert staying.result()[1] == msg(1)
+
+
+async def test_failed_waiter_keeps_nothing(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.fail("asgichat", ConnectionError("down"))
+    mailbox.done_waiting("chat", "asgichat", future, returned=False)
+    assert mailbox.take("chat") is None
+    assert mailbox.offer("chat", clock.now, msg(1), keep=False) is False
+
+
+# --- wanted ---------------------------------------------------------------------------------
+
+
+async def test_wanted_counts_waiting_receives_per_queue(mailbox: Mailbox) -> None:
+    queue = "asgispecific.p!"
+    assert not mailbox.wanted(queue)
+    first = mailbox.wait("specific.p!a", queue)
+    second = mailbox.wait("specific.p!b", queue)
+    third = mailbox.wait("specific.p!a", queue)
+    elsewhere = mailbox.wait("chat", "asgichat")
+    assert mailbox.wanted(queue)
+    for future in (first, second):
+        mailbox.done_waiting("specific.p!a", queue, future, returned=False)
+        assert mailbox.wanted(queue)
+    mailbox.done_waiting("specific.p!a", queue, third, returned=False)
+    assert not mailbox.wanted(queue)
+    assert mailbox.wanted("asgichat")
+    mailbox.done_waiting("chat", "asgichat", elsewhere, returned=False)
+    assert not mailbox.wanted("asgichat")
+
+
+async def test_wanted_of_unknown_queue(mailbox: Mailbox) -> None:
+    assert mailbox.wanted("asginever") is False
+
+
+# --- fail -----------------------------------------------------------------------------------
+
+
+async def test_fail_raises_in_the_waiters_of_that_queue_only(
+    mailbox: Mailbox, clock: Clock
+) -> None:
+    error = ConnectionError("cannot reach Valkey")
+    a = mailbox.wait("specific.p!a", "asgispecific.p!")
+    b = mailbox.wait("specific.p!b", "asgispecific.p!")
+    other = mailbox.wait("chat", "asgichat")
+    mailbox.fail("asgispecific.p!", error)
+    for future in (a, b):
+        with pytest.raises(ConnectionError, match="cannot reach Valkey"):
+            await future
+    assert not other.done()
+    mailbox.offer("chat", clock.now, msg(1), keep=False)
+    assert other.result()[1] == msg(1)
+
+
+async def test_fail_does_not_take_back_a_delivered_message(mailbox: Mailbox, clock: Clock) -> None:
+    delivered = mailbox.wait("chat", "asgichat")
+    pending = mailbox.wait("chat", "asgichat")
+    mailbox.offer("chat", clock.now, msg(1), keep=False)
+    mailbox.fail("asgichat", ConnectionError("down"))
+    assert delivered.result()[1] == msg(1)
+    assert isinstance(pending.exception(), ConnectionError)
+
+
+async def test_failed_waiters_do_not_swallow_later_messages(mailbox: Mailbox, clock: Clock) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    mailbox.fail("asgichat", ConnectionError("down"))
+    assert future.done()
+    assert mailbox.offer("chat", clock.now, msg(1), keep=True) is True
+    assert drain(mailbox, "chat") == [1]
+
+
+async def test_fail_with_no_waiters_is_harmless(mailbox: Mailbox, clock: Clock) -> None:
+    mailbox.offer("chat", clock.now, msg(1), keep=True)
+    mailbox.fail("asgichat", ConnectionError("down"))
+    assert drain(mailbox, "chat") == [1]
+
+
+# --- clear ----------------------------------------------------------------------------------
+
+
+async def test_clear_forgets_buffers_but_waiters_keep_waiting(
+    mailbox: Mailbox, clock: Clock
+) -> None:
+    mailbox.offer("a", clock.now, msg(1), keep=True)
+    mailbox.offer("b", clock.now, msg(2), keep=True)
+    future = mailbox.wait("c", "asgic")
+    mailbox.clear()
+    assert mailbox.take("a") is None
+    assert mailbox.take("b") is None
+    assert not future.done()
+    assert mailbox.wanted("asgic")
+    assert mailbox.offer("c", clock.now, msg(3), keep=False) is True
+    assert future.result()[1] == msg(3)
+
+
+async def test_futures_belong_to_the_running_loop(mailbox: Mailbox) -> None:
+    future = mailbox.wait("chat", "asgichat")
+    assert future.get_loop() is asyncio.get_running_loop()
