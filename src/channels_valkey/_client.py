@@ -174,3 +174,7 @@ class Shard:
 
     async def aclose(self) -> None:
         await self.client.aclose(close_connection_pool=True)
+        if isinstance(self.pool, SentinelConnectionPool):
+            # The pool asks the sentinels through clients of their own, which it does not close.
+            for sentinel in self.pool.sentinel_manager.sentinels:
+                await sentinel.aclose()

@@ -41,7 +41,8 @@ class LoopResources:
             await asyncio.Event().wait()
         finally:
             self._keeping = False
-            await self.aclose()
+            if self._closing is None:  # else close() is already running, and cancelled us
+                await self.aclose()
 
     def reader(self, shard_index: int, queue: str) -> QueueReader | None:
         """The running reader of ``queue`` on that shard, if any."""

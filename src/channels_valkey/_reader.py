@@ -105,6 +105,9 @@ class QueueReader:
 
     async def _run(self) -> None:
         connection = self.shard.blocking_connection()
+        # The server answers a blocking pop after `block` seconds at the latest; reading longer
+        # than that (plus slack for a busy server) means the connection is dead.
+        connection.socket_timeout = self._command[1] + 10
         failing_since: float | None = None
         try:
             while not self._stopping and await self._still_wanted():
