@@ -86,6 +86,10 @@ def check_host(host: Host) -> None:
         pool.make_connection()  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
+    if pool.connection_kwargs.get("decode_responses"):  # set in the URL's query string
+        raise ConfigurationError(
+            f"{host.describe()}: decode_responses must stay off, messages are binary"
+        )
 
 
 class Shard:

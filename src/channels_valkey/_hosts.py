@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -68,11 +68,17 @@ Host = ServerHost | SentinelHost
 
 
 def _redact(url: str) -> str:
+    """The URL with any password masked, in the user-info part or the query string."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if parts.query:
+        query = [
+            (name, "***" if name.lower() == "password" else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 def parse_hosts(hosts: object) -> tuple[Host, ...]:
@@ -120,19 +126,25 @@ def _check_url(where: str, url: str) -> str:
 
 
 def _parse_pair(where: str, entry: Sequence[object]) -> ServerHost:
-    if len(entry) != 2 or not isinstance(entry[0], str) or not _is_port(entry[1]):
+    port = _port(entry[1]) if len(entry) == 2 else None
+    if port is None or not isinstance(entry[0], str):
         raise ConfigurationError(
             f"{where} must be a (host, port) pair such as ('localhost', 6379), got {entry!r}"
         )
-    return ServerHost(kwargs=_frozen({"host": entry[0], "port": int(entry[1])}))  # type: ignore[call-overload]
+    return ServerHost(kwargs=_frozen({"host": entry[0], "port": port}))
 
 
 def _as_pair(value: object) -> Sequence[object]:
     return value if isinstance(value, tuple | list) else [value]
 
 
-def _is_port(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+def _port(value: object) -> int | None:
+    """A port number, also from a numeric string (settings often come from the environment)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+        return value
+    return None
 
 
 def _parse_mapping(where: str, entry: Mapping[Any, Any]) -> Host:
@@ -146,8 +158,13 @@ def _parse_mapping(where: str, entry: Mapping[Any, Any]) -> Host:
         if not isinstance(address, str):
             raise ConfigurationError(f"{where}['address'] must be a URL string, got {address!r}")
         return ServerHost(url=_check_url(f"{where}['address']", address), kwargs=_frozen(options))
-    if "port" in options and not _is_port(options["port"]):
-        raise ConfigurationError(f"{where}['port'] must be a port number, got {options['port']!r}")
+    if "port" in options:
+        port = _port(options["port"])
+        if port is None:
+            raise ConfigurationError(
+                f"{where}['port'] must be a port number, got {options['port']!r}"
+            )
+        options["port"] = port
     return ServerHost(kwargs=_frozen(options))
 
 

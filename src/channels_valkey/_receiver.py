@@ -9,9 +9,11 @@ Invariants:
   buffered, or (for normal channels, whose messages other processes could take) it goes back
   to the caller to return to Valkey;
 - a waiter that is cancelled after its future got a message puts the message back at the
-  front of its buffer (:meth:`Mailbox.forget`), so cancellation neither loses nor duplicates;
-- a buffer never holds more than its channel's capacity; the newest message is dropped
-  beyond that, and counted in a rate-limited warning;
+  front of its buffer (:meth:`Mailbox.done_waiting`), so cancellation neither loses nor
+  duplicates;
+- :meth:`Mailbox.offer` never fills a buffer beyond its channel's capacity: the newest
+  message is dropped instead, and counted in a rate-limited warning (a message put back by a
+  cancelled waiter is kept even then: it was already accepted);
 - nothing older than ``expiry`` seconds (by its send time) is ever handed out.
 """
 
@@ -95,15 +97,8 @@ class Mailbox:
         if sent_at < time.time() - self._expiry:
             logger.debug("Dropped a message for %s: older than expiry", channel)
             return True
-        waiters = self._waiters.get(channel)
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result((sent_at, message))
-                if not waiters:
-                    del self._waiters[channel]
-                    del self._queue_of[channel]
-                return True
+        if self._hand_to_waiter(channel, (sent_at, message)):
+            return True
         if not keep:
             return False
         buffer = self._buffers.setdefault(channel, deque())
@@ -124,6 +119,21 @@ class Mailbox:
             for future in self._waiters.get(channel, ()):
                 if not future.done():
                     future.set_exception(error)
+
+    def _hand_to_waiter(self, channel: str, stamped: Stamped) -> bool:
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            return False
+        handed = False
+        while waiters and not handed:
+            future = waiters.popleft()
+            if not future.done():  # a cancelled waiter has not unregistered yet
+                future.set_result(stamped)
+                handed = True
+        if not waiters:
+            del self._waiters[channel]
+            del self._queue_of[channel]
+        return handed
 
     def clear(self) -> None:
         """Forget every buffered message (``flush``); waiters keep waiting."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from channels.layers import BaseChannelLayer
 
 from ._client import Shard, check_host
 from ._config import LayerConfig, build_config
+from ._hosts import Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._loops import LoopRegistry, LoopResources
 from ._messages import check_message
@@ -103,6 +105,15 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     @property
     def capacity(self) -> int:
         return self.config.capacity
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self.config.hosts
+
+    @property
+    def channel_capacity(self) -> list[tuple[re.Pattern[str], int]]:
+        """The compiled ``channel_capacity`` rules, first match first."""
+        return list(self.config.channel_capacity)
 
     @property
     def ring_size(self) -> int:

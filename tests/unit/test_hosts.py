@@ -334,3 +334,11 @@ def test_describe_keeps_the_rest_of_a_url_with_a_password() -> None:
 def test_describe_never_shows_a_password_given_in_the_query_string(url: str) -> None:
     (host,) = parse_hosts([url])
     assert SECRET not in host.describe()
+
+
+@pytest.mark.parametrize(
+    "hosts", [[("localhost", "6380")], [{"host": "localhost", "port": "6380"}]]
+)
+def test_numeric_string_ports_are_accepted_like_channels_redis(hosts: list[object]) -> None:
+    (host,) = parse_hosts(hosts)
+    assert host.kwargs["port"] == 6380
