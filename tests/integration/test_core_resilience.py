@@ -1,0 +1,131 @@
+"""The core layer when servers restart, connections drop, primaries fail over or vanish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from channels_valkey import _client, _reader
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.exceptions import ServerUnreachable
+from servers import SentinelGroup, ValkeyServer, wait_for
+
+RECEIVE_TIMEOUT = 10
+
+pytestmark = pytest.mark.slow
+
+
+def no_task_died(caplog: pytest.LogCaptureFixture) -> bool:
+    """asyncio logs a task that ended with an exception nobody retrieved."""
+    return "exception was never retrieved" not in caplog.text
+
+
+async def readers_blocked(server: ValkeyServer, count: int) -> None:
+    """Wait until ``count`` clients sit in a blocking pop on ``server``."""
+
+    def blocked() -> bool:
+        clients = server.client().client_list()
+        return sum(client["cmd"] == "bzmpop" for client in clients) >= count
+
+    await asyncio.to_thread(wait_for, blocked, timeout=5, describe="readers to block")
+
+
+async def receive(layer: ValkeyChannelLayer, channel: str) -> dict[str, Any]:
+    return await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+
+
+async def test_restart_keeps_queued_messages_and_waiting_receivers(
+    persistent_server: ValkeyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = ValkeyChannelLayer(hosts=[persistent_server.url])
+    local = await layer.new_channel()
+    for n in range(10):
+        await layer.send("jobs", {"type": "m", "n": n})
+        await layer.send(local, {"type": "m", "n": n})
+    assert (await receive(layer, "jobs"))["n"] == 0
+    waiting = asyncio.create_task(receive(layer, "idle"))  # blocked in BZMPOP across restart
+    await asyncio.to_thread(persistent_server.restart)
+    got_jobs = [(await receive(layer, "jobs"))["n"] for _ in range(9)]
+    got_local = [(await receive(layer, local))["n"] for _ in range(10)]
+    assert got_jobs == list(range(1, 10))
+    assert got_local == list(range(10))
+    await layer.send("idle", {"type": "after.restart"})
+    assert await waiting == {"type": "after.restart"}
+    await layer.send("jobs", {"type": "m", "n": 10})
+    assert (await receive(layer, "jobs"))["n"] == 10
+    await layer.close()
+    assert no_task_died(caplog)
+
+
+async def test_killed_connections_are_reopened(
+    valkey_server: ValkeyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url])
+    local = await layer.new_channel()
+    await layer.send(local, {"type": "warm"})
+    await receive(layer, local)
+    waiting = [asyncio.create_task(receive(layer, ch)) for ch in (local, "normal.chan")]
+    await readers_blocked(valkey_server, 2)
+    killed = valkey_server.client().client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 2
+    await layer.send(local, {"type": "one"})
+    await layer.send("normal.chan", {"type": "two"})
+    assert await asyncio.gather(*waiting) == [{"type": "one"}, {"type": "two"}]
+    await layer.close()
+    assert no_task_died(caplog)
+
+
+async def test_sentinel_failover_keeps_the_same_layer_working(
+    sentinel_failover_group: SentinelGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = sentinel_failover_group
+    hosts = [{"sentinels": group.sentinels, "master_name": group.master_name}]
+    layer = ValkeyChannelLayer(hosts=hosts)
+    local = await layer.new_channel()
+    for n in range(5):
+        await layer.send(local, {"type": "m", "n": n})
+        assert (await receive(layer, local))["n"] == n
+    waiting = asyncio.create_task(receive(layer, local))
+    await asyncio.to_thread(group.failover_by_killing_primary)
+    # The same layer object sends to the promoted replica and its reader finds it there.
+    await layer.send(local, {"type": "m", "n": 5})
+    assert (await waiting)["n"] == 5
+    for n in range(6, 20):
+        await layer.send("after.failover", {"type": "m", "n": n})
+    assert [(await receive(layer, "after.failover"))["n"] for _ in range(6, 20)] == list(
+        range(6, 20)
+    )
+    await layer.close()
+    assert no_task_died(caplog)
+
+
+async def test_unreachable_host_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_client, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(_reader, "RECONNECT_DEADLINE", 0.5)
+    layer = ValkeyChannelLayer(hosts=["valkey://127.0.0.1:1"])
+    with pytest.raises(ServerUnreachable, match=r"cannot reach Valkey at valkey://127\.0\.0\.1:1"):
+        await layer.send("chan", {"type": "m"})
+    with pytest.raises(ServerUnreachable, match="127.0.0.1:1"):
+        await asyncio.wait_for(layer.receive("chan"), 10)
+    with pytest.raises(ConnectionError):  # also the built-in type, for generic handlers
+        await layer.group_send("g", {"type": "m"})
+    await layer.close()
+
+
+async def test_reader_reconnect_is_logged_not_raised(
+    persistent_server: ValkeyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="channels_valkey")
+    layer = ValkeyChannelLayer(hosts=[persistent_server.url])
+    waiting = asyncio.create_task(receive(layer, "chan"))
+    await readers_blocked(persistent_server, 1)
+    await asyncio.to_thread(persistent_server.kill)
+    await asyncio.to_thread(persistent_server.start)
+    await layer.send("chan", {"type": "m"})
+    assert await waiting == {"type": "m"}
+    assert "reconnecting" in caplog.text
+    await layer.close()
