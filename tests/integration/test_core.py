@@ -8,6 +8,7 @@ hanging it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -119,9 +120,7 @@ async def test_concurrent_senders_never_exceed_capacity(
 ) -> None:
     senders = [make_layer(capacity=10) for _ in range(4)]
     attempts = [
-        sender.send("contended", {"type": "m", "n": n})
-        for n in range(15)
-        for sender in senders
+        sender.send("contended", {"type": "m", "n": n}) for n in range(15) for sender in senders
     ]
     results = await asyncio.gather(*attempts, return_exceptions=True)
     assert sum(result is None for result in results) == 10
@@ -183,10 +182,8 @@ async def test_cancelled_receive_never_loses_or_duplicates(
         for _ in range(n % 3):
             await asyncio.sleep(0)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             got.append((await task)["n"])
-        except asyncio.CancelledError:
-            pass
     while len(got) < sent:
         got.append((await receive(layer, channel))["n"])
     assert sorted(got) == list(range(sent))
@@ -236,7 +233,8 @@ async def test_flush_removes_exactly_this_prefix(
         await layer.group_add("g", "chan0")
     await ours.flush()
     keys = [k.decode() for s in topology_servers for k in s.client().scan_iter(count=1000)]
-    assert keys and all(key.startswith("theirs") for key in keys)
+    assert keys
+    assert all(key.startswith("theirs") for key in keys)
     assert not any("keys" in server.commandstats() for server in topology_servers)
     assert await receive(theirs, "chan3") == {"type": "m"}
 
