@@ -30,7 +30,7 @@ from ._hosts import Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._loops import LoopRegistry, LoopResources
 from ._messages import check_message
-from ._plan import plan_group_send
+from ._plan import QueueWrite, plan_group_send
 from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
 from ._sharding import shard_index
@@ -201,22 +201,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._keys.group(group), now - self.group_expiry
         )
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
+        # Serialized even for an empty group, so a bad message fails the same way every time.
         shared = self._serializer.serialize(message)  # one payload for every normal channel
-        sends = []
-        for index, writes in plan.items():
-            deliveries = [
-                (
-                    write.queue,
-                    write.capacity,
-                    self._serializer.serialize(
-                        {**message, RESERVED_KEY: list(write.local_channels)}
-                    )
-                    if write.local_channels
-                    else shared,
-                )
-                for write in writes
-            ]
-            sends.append(shards[index].send_many(deliveries, now, self.expiry))
+        sends = [
+            shards[index].send_many(
+                [(w.queue, w.capacity, self._payload_for(w, message, shared)) for w in writes],
+                now,
+                self.expiry,
+            )
+            for index, writes in plan.items()
+        ]
         full = sum(await asyncio.gather(*sends))
         if full:
             logger.info("%d of %d channels in group %s were full", full, len(members), group)
@@ -306,6 +300,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _local_payload(self, message: Message, channels: tuple[str, ...]) -> bytes:
         return self._serializer.serialize({**message, RESERVED_KEY: list(channels)})
+
+    def _payload_for(self, write: QueueWrite, message: Message, shared: bytes) -> bytes:
+        """A process queue's copy names its member channels; normal channels share one."""
+        if not write.local_channels:
+            return shared
+        return self._serializer.serialize({**message, RESERVED_KEY: list(write.local_channels)})
 
     def _decode(self, popped: Popped) -> Message | None:
         try:
