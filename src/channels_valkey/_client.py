@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 from valkey.asyncio import ConnectionPool, Valkey
 from valkey.asyncio.connection import AbstractConnection
 from valkey.asyncio.retry import Retry
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from valkey.backoff import EqualJitterBackoff
+from valkey.exceptions import AskError, ClusterDownError, TryAgainError
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import _scripts
-from ._hosts import Host, SentinelHost
+from ._hosts import Host, SentinelHost, ServerHost
 from .exceptions import ConfigurationError, ServerUnreachable
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     ValkeyTimeoutError,
     ConnectionError,
     TimeoutError,
+)
+
+#: Errors of a blocking pop after which the reader reconnects, looking the queue's server up
+#: again: connection trouble, and on a cluster a slot that moved or a failover in progress.
+REDIRECT_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSIENT_ERRORS,
+    AskError,  # MovedError is an AskError
+    TryAgainError,
+    ClusterDownError,
 )
 
 #: How a command rides out a dropped connection, a restart or a Sentinel failover: about ten
@@ -48,7 +58,8 @@ def default_retry() -> Retry:
     )
 
 
-def _connection_kwargs(host: Host) -> dict[str, Any]:
+def connection_kwargs(host: Host) -> dict[str, Any]:
+    """The user's connection options, with the layer's defaults for what they left out."""
     kwargs = dict(host.kwargs)
     if kwargs.get("decode_responses"):
         raise ConfigurationError(
@@ -60,9 +71,9 @@ def _connection_kwargs(host: Host) -> dict[str, Any]:
     return kwargs
 
 
-def build_pool(host: Host) -> ConnectionPool:
+def build_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
     """A connection pool for ``host``; no connection is opened until a command needs one."""
-    kwargs = _connection_kwargs(host)
+    kwargs = connection_kwargs(host)
     if isinstance(host, SentinelHost):
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(host.sentinels), sentinel_kwargs=dict(host.sentinel_kwargs)
@@ -79,7 +90,7 @@ def build_pool(host: Host) -> ConnectionPool:
     return ConnectionPool(**kwargs)
 
 
-def check_host(host: Host) -> None:
+def check_host(host: ServerHost | SentinelHost) -> None:
     """Fail at construction on connection options valkey-py would only reject at connect time."""
     try:
         pool = build_pool(host)
@@ -92,11 +103,44 @@ def check_host(host: Host) -> None:
         )
 
 
+class QueueServer(Protocol):
+    """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
+    a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
+
+    host: Host
+
+    async def send(
+        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+    ) -> bool: ...
+
+    async def send_many(
+        self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
+    ) -> int: ...
+
+    async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None: ...
+
+    async def group_discard(self, group_key: str, channel: str) -> None: ...
+
+    async def group_members(self, group_key: str, joined_after: float) -> list[str]: ...
+
+    async def requeue(
+        self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]
+    ) -> None: ...
+
+    async def wake(self, wake_key: str, tokens: int) -> None: ...
+
+    async def delete_matching(self, pattern: str) -> int: ...
+
+    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Shard:
     """One server as seen from one event loop: the commands the layers send to it."""
 
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    def __init__(self, host: ServerHost | SentinelHost) -> None:
+        self.host: Host = host
         self.pool = build_pool(host)
         self.client = Valkey(connection_pool=self.pool)
 
@@ -151,12 +195,8 @@ class Shard:
         await self._run(_scripts.REQUEUE, [queue], args)
 
     async def wake(self, wake_key: str, tokens: int) -> None:
-        """Release readers blocked on ``wake_key`` (see ``_reader``); the key lives 60 s."""
-        mapping: Mapping[str, float] = {str(i): 0 for i in range(tokens)}
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.zadd(wake_key, mapping)
-            pipe.expire(wake_key, 60)
-            await pipe.execute()
+        """Release readers blocked on ``wake_key`` (see ``_reader``)."""
+        await self._run(_scripts.WAKE, [wake_key], [tokens])
 
     async def delete_matching(self, pattern: str) -> int:
         """``UNLINK`` every key matching ``pattern``, found with ``SCAN`` (never ``KEYS``)."""
@@ -172,9 +212,14 @@ class Shard:
         return deleted
 
     def blocking_connection(self) -> AbstractConnection:
-        """A connection outside the pool, owned by one reader for its blocking pops."""
+        """A connection outside the pool, for a task that blocks on it (pops, subscriptions).
+        A Sentinel-managed connection looks the primary up again each time it connects."""
         connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
         return connection
+
+    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection:
+        """A connection for the reader of ``queue``: the same server whatever the queue."""
+        return self.blocking_connection()
 
     async def aclose(self) -> None:
         await self.client.aclose(close_connection_pool=True)

@@ -64,7 +64,20 @@ class SentinelHost:
         return f"sentinel://{nodes}/{self.master_name}"
 
 
-Host = ServerHost | SentinelHost
+@dataclass(frozen=True)
+class ClusterHost:
+    """A Valkey Cluster, found through any of its nodes. The cluster shards the keys itself,
+    so a cluster entry is the only entry in ``hosts``."""
+
+    startup_nodes: tuple[tuple[str, int], ...]
+    #: Keyword arguments for the connections to every node (password, TLS...).
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+
+    def describe(self) -> str:
+        return "cluster://" + ",".join(f"{host}:{port}" for host, port in self.startup_nodes)
+
+
+Host = ServerHost | SentinelHost | ClusterHost
 
 
 def _redact(url: str) -> str:
@@ -98,7 +111,13 @@ def parse_hosts(hosts: object) -> tuple[Host, ...]:
         )
     if not isinstance(hosts, Sequence):
         raise ConfigurationError(f"hosts must be a list of hosts, got {type(hosts).__name__}")
-    return tuple(_parse_entry(index, entry) for index, entry in enumerate(hosts))
+    parsed = tuple(_parse_entry(index, entry) for index, entry in enumerate(hosts))
+    if len(parsed) > 1 and any(isinstance(host, ClusterHost) for host in parsed):
+        raise ConfigurationError(
+            "a cluster entry must be the only entry in hosts: the cluster shards the keys "
+            "over its nodes itself; list more nodes in its 'startup_nodes' instead"
+        )
+    return parsed
 
 
 def _parse_entry(index: int, entry: object) -> Host:
@@ -151,6 +170,8 @@ def _parse_mapping(where: str, entry: Mapping[Any, Any]) -> Host:
     if any(not isinstance(key, str) for key in entry):
         raise ConfigurationError(f"{where}: connection option names must be strings")
     options = dict(entry)
+    if "cluster" in options:
+        return _parse_cluster(where, options)
     if _SENTINEL_KEYS & options.keys():
         return _parse_sentinel(where, options)
     if "address" in options:
@@ -198,5 +219,30 @@ def _parse_sentinel(where: str, options: dict[str, Any]) -> SentinelHost:
         sentinels=tuple((p.kwargs["host"], p.kwargs["port"]) for p in pairs),
         master_name=master_name,
         sentinel_kwargs=_frozen(sentinel_kwargs),
+        kwargs=_frozen(options),
+    )
+
+
+def _parse_cluster(where: str, options: dict[str, Any]) -> ClusterHost:
+    if options.pop("cluster") is not True:
+        raise ConfigurationError(f"{where}['cluster'] must be True for a cluster entry")
+    clashing = sorted((_SENTINEL_KEYS | {"address", "host", "port"}) & options.keys())
+    if clashing:
+        raise ConfigurationError(
+            f"{where} is a cluster entry: name its nodes in 'startup_nodes', not with "
+            f"{', '.join(repr(key) for key in clashing)}"
+        )
+    nodes = options.pop("startup_nodes", None)
+    if isinstance(nodes, str | bytes) or not isinstance(nodes, Sequence) or not nodes:
+        raise ConfigurationError(
+            f"{where}['startup_nodes'] must be a non-empty list of (host, port) pairs, "
+            f"got {nodes!r}"
+        )
+    pairs = tuple(
+        _parse_pair(f"{where}['startup_nodes'][{i}]", _as_pair(node))
+        for i, node in enumerate(nodes)
+    )
+    return ClusterHost(
+        startup_nodes=tuple((p.kwargs["host"], p.kwargs["port"]) for p in pairs),
         kwargs=_frozen(options),
     )

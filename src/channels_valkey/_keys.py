@@ -30,16 +30,25 @@ def non_local_name(channel: str) -> str:
 
 @dataclass(frozen=True)
 class KeySpace:
-    """All key names under one ``prefix``."""
+    """All key names under one ``prefix``.
+
+    With ``hash_tags`` (on a Valkey Cluster) the channel or group name is wrapped in ``{}``,
+    so a queue and the keys a script or a blocking pop touch with it (its wake key) hash to
+    one slot: ``asgi{specific.ab12!}``, ``asgi:group:{room}``. Without, the names are exactly
+    those of channels_redis.
+    """
 
     prefix: str
+    hash_tags: bool = False
 
     def queue(self, channel: str) -> str:
         """The queue that holds messages for ``channel``."""
-        return self.prefix + non_local_name(channel)
+        name = non_local_name(channel)
+        return f"{self.prefix}{{{name}}}" if self.hash_tags else self.prefix + name
 
     def group(self, group: str) -> str:
-        return f"{self.prefix}:group:{group}"
+        tagged = f"{{{group}}}" if self.hash_tags else group
+        return f"{self.prefix}:group:{tagged}"
 
     def wake(self, queue_key: str, reader: str) -> str:
         """A key a stopping reader blocks on beside its queue (see ``_reader``)."""

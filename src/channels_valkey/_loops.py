@@ -17,16 +17,17 @@ import contextlib
 import weakref
 from collections.abc import Callable, Sequence
 
-from ._client import Shard
+from ._client import QueueServer
 from ._hosts import Host
 from ._reader import QueueReader
+from ._servers import open_server
 
 
 class LoopResources:
     """The shards and readers of one layer on one event loop; one owner closes them all."""
 
     def __init__(self, hosts: Sequence[Host], on_closed: Callable[[], None]) -> None:
-        self.shards = [Shard(host) for host in hosts]
+        self.shards: list[QueueServer] = [open_server(host) for host in hosts]
         self.readers: dict[tuple[int, str], QueueReader] = {}
         self._on_closed = on_closed
         self._closing: asyncio.Future[None] | None = None

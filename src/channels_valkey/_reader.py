@@ -23,7 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from ._client import TRANSIENT_ERRORS, Shard
+from valkey.asyncio.connection import AbstractConnection
+
+from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
 from .exceptions import ServerUnreachable
 
@@ -44,7 +46,7 @@ class Popped:
 class QueueReader:
     def __init__(
         self,
-        shard: Shard,
+        shard: QueueServer,
         queue: str,
         wake_key: str,
         *,
@@ -104,29 +106,20 @@ class QueueReader:
         await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
-        connection = self.shard.blocking_connection()
-        # The server answers a blocking pop after `block` seconds at the latest; reading longer
-        # than that (plus slack for a busy server) means the connection is dead.
-        connection.socket_timeout = self._command[1] + 10
+        connection: AbstractConnection | None = None
         failing_since: float | None = None
         try:
             while not self._stopping and await self._still_wanted():
+                if connection is None:
+                    connection = await self._connect(after_error=failing_since is not None)
                 try:
                     batch = await self._pop(connection)
-                except TRANSIENT_ERRORS as error:
+                except REDIRECT_ERRORS as error:
                     await connection.disconnect()
+                    connection = None
                     failing_since = failing_since or time.monotonic()
-                    waited = time.monotonic() - failing_since
-                    if waited > RECONNECT_DEADLINE:
-                        self._fail(ServerUnreachable(self.shard.host.describe(), error))
+                    if not await self._back_off(failing_since, error):
                         return
-                    self._warnings.warning(
-                        "Lost the connection to %s while reading %s (%s); reconnecting",
-                        self.shard.host.describe(),
-                        self.queue,
-                        error,
-                    )
-                    await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
                     continue
                 except Exception as error:  # a server refusal: retrying would not help
                     self._fail(error)
@@ -135,24 +128,47 @@ class QueueReader:
                 if batch:
                     await self._deliver(batch)
         finally:
-            await connection.disconnect()
+            if connection is not None:
+                await connection.disconnect()
 
-    async def _pop(self, connection: object) -> list[Popped]:
-        conn = connection  # valkey-py's connection; typed loosely because valkey-py is untyped
-        await conn.send_command(*self._command)  # type: ignore[attr-defined]
+    async def _connect(self, *, after_error: bool) -> AbstractConnection:
+        connection = await self.shard.reader_connection(self.queue, after_error=after_error)
+        # The server answers a blocking pop after `block` seconds at the latest; reading longer
+        # than that (plus slack for a busy server) means the connection is dead.
+        connection.socket_timeout = self._command[1] + 10
+        return connection
+
+    async def _back_off(self, failing_since: float, error: Exception) -> bool:
+        """Wait before the next attempt; ``False`` (after failing the waiters) once it is time
+        to give up."""
+        waited = time.monotonic() - failing_since
+        if waited > RECONNECT_DEADLINE:
+            self._fail(ServerUnreachable(self.shard.host.describe(), error))
+            return False
+        self._warnings.warning(
+            "Lost the connection to %s while reading %s (%s); reconnecting",
+            self.shard.host.describe(),
+            self.queue,
+            error,
+        )
+        await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
+        return True
+
+    async def _pop(self, connection: AbstractConnection) -> list[Popped]:
+        await connection.send_command(*self._command)
         try:
-            reply = await conn.read_response(disconnect_on_error=False)  # type: ignore[attr-defined]
+            reply = await connection.read_response(disconnect_on_error=False)
         except asyncio.CancelledError:
-            await self._finish_after_cancel(conn)
+            await self._finish_after_cancel(connection)
             raise
         return self._parse(reply)
 
-    async def _finish_after_cancel(self, conn: object) -> None:
+    async def _finish_after_cancel(self, connection: AbstractConnection) -> None:
         """The server may have popped for us already: wake the pop and keep what it returns."""
         try:
             await self.shard.wake(self._wake_key, 1)
             reply = await asyncio.wait_for(
-                conn.read_response(disconnect_on_error=False),  # type: ignore[attr-defined]
+                connection.read_response(disconnect_on_error=False),
                 timeout=5,
             )
             batch = self._parse(reply)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from valkey.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from valkey.asyncio import Valkey
+    from valkey.asyncio.cluster import ValkeyCluster
 
 Arg = str | bytes | int | float
 
@@ -31,16 +32,21 @@ class Script:
         source = files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
-    async def __call__(self, client: Valkey, keys: list[str], args: list[Arg]) -> object:
+    async def __call__(
+        self, client: Valkey | ValkeyCluster, keys: list[str], args: list[Arg]
+    ) -> object:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        runner: Any = client  # valkey-py types execute_command on one client class only
         try:
-            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+            return await runner.execute_command(*command)
         except NoScriptError:
-            await client.execute_command("SCRIPT", "LOAD", self.source)  # type: ignore[no-untyped-call]
-            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+            # A cluster client sends SCRIPT LOAD to every primary.
+            await runner.execute_command("SCRIPT", "LOAD", self.source)
+            return await runner.execute_command(*command)
 
 
 SEND = Script.load("send")
 SEND_MANY = Script.load("send_many")
 GROUP_ADD = Script.load("group_add")
 REQUEUE = Script.load("requeue")
+WAKE = Script.load("wake")

@@ -24,16 +24,18 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from ._client import Shard, check_host
+from ._client import QueueServer
 from ._config import LayerConfig, build_config
-from ._hosts import Host
+from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._loops import LoopRegistry, LoopResources
 from ._messages import check_message
 from ._plan import QueueWrite, plan_group_send
 from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
+from ._servers import check_server
 from ._sharding import shard_index
+from .exceptions import ConfigurationError
 from .serializers import registry
 
 logger = logging.getLogger(__name__)
@@ -73,14 +75,20 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             random_prefix_length=random_prefix_length,
         )
         for host in self.config.hosts:
-            check_host(host)
+            check_server(host)
         self._serializer = registry.get_serializer(
             serializer_format,
             symmetric_encryption_keys=symmetric_encryption_keys,
             random_prefix_length=self.config.random_prefix_length,
             expiry=self.config.expiry,
         )
-        self._keys = KeySpace(self.config.prefix)
+        on_cluster = isinstance(self.config.hosts[0], ClusterHost)
+        if on_cluster and ("{" in self.config.prefix or "}" in self.config.prefix):
+            raise ConfigurationError(
+                "prefix may not contain '{' or '}' on a cluster: the layer puts names in "
+                "braces to keep each queue's keys in one slot"
+            )
+        self._keys = KeySpace(self.config.prefix, hash_tags=on_cluster)
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
         self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry)
@@ -237,7 +245,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- internals -------------------------------------------------------------------------
 
-    def _group_shard(self, group: str) -> Shard:
+    def _group_shard(self, group: str) -> QueueServer:
         return self._loops.current().shards[shard_index(group, self.ring_size)]
 
     def _check_owned(self, channel: str) -> None:
@@ -330,7 +338,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 logger.warning("Dropped a message without %s in a process queue", RESERVED_KEY)
 
     def _normal_sink(
-        self, shard: Shard, queue: str, channel: str
+        self, shard: QueueServer, queue: str, channel: str
     ) -> Callable[[list[Popped]], Awaitable[None]]:
         async def deliver(batch: list[Popped]) -> None:
             unclaimed: list[tuple[float, bytes]] = []

@@ -1,0 +1,188 @@
+"""A Valkey Cluster as one :class:`~channels_valkey._client.QueueServer` of the core layer.
+
+Keys are hash-tagged (``_keys.KeySpace(hash_tags=True)``), so everything a script or a blocking
+pop touches at once lives in one slot. valkey-py's cluster client routes each command by its
+key and follows ``MOVED``/``ASK``; this module adds what the core layer needs on top:
+
+- a group send writes to many slots: one script call per slot, sent as one pipeline, which
+  valkey-py splits into one batch per node, sent concurrently;
+- ``flush`` scans every primary;
+- a reader's blocking connection goes to the node that serves its queue's slot, looked up
+  again after an error (a failover or a slot that moved);
+- commands ride out a failover the way the standalone client does: retried with backoff for
+  about ten seconds, then :class:`~channels_valkey.exceptions.ServerUnreachable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
+from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import NoScriptError
+
+from . import _scripts
+from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, connection_kwargs
+from ._hosts import ClusterHost, Host
+from .exceptions import ConfigurationError, ServerUnreachable
+
+T = TypeVar("T")
+
+#: How long a command keeps retrying through a failover before it gives up.
+RETRY_DEADLINE = 10.0
+
+
+def build_cluster(host: ClusterHost) -> ValkeyCluster:
+    kwargs = connection_kwargs(host)
+    # The cluster client retries redirections itself; connection-level retries would only
+    # delay its own recovery, which reloads the slot map.
+    kwargs.pop("retry", None)
+    kwargs.pop("retry_on_error", None)
+    nodes = [ClusterNode(node_host, port) for node_host, port in host.startup_nodes]
+    return ValkeyCluster(startup_nodes=nodes, **kwargs)
+
+
+def check_cluster_host(host: ClusterHost) -> None:
+    try:
+        client = build_cluster(host)
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
+    del client
+
+
+class ClusterShard:
+    """The whole cluster, as one event loop sees it."""
+
+    def __init__(self, host: ClusterHost) -> None:
+        self.host: Host = host
+        self.client = build_cluster(host)
+
+    def __repr__(self) -> str:
+        return f"<ClusterShard {self.host.describe()}>"
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + RETRY_DEADLINE
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except REDIRECT_ERRORS as error:
+                if time.monotonic() > deadline:
+                    raise ServerUnreachable(self.host.describe(), error) from error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_BACKOFF_CAP)
+
+    async def _script(self, script: _scripts.Script, keys: list[str], args: list[Any]) -> object:
+        return await self._retrying(lambda: script(self.client, keys, args))
+
+    async def send(
+        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+    ) -> bool:
+        args = [repr(now), expiry, capacity, payload]
+        return bool(await self._script(_scripts.SEND, [queue], args))
+
+    async def send_many(
+        self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
+    ) -> int:
+        by_slot: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
+        for delivery in deliveries:
+            by_slot[self.client.keyslot(delivery[0])].append(delivery)
+        calls = []
+        for batch in by_slot.values():
+            args: list[Any] = [repr(now), expiry]
+            for _, capacity, payload in batch:
+                args += [capacity, payload]
+            calls.append(([queue for queue, _, _ in batch], args))
+        results = await self._retrying(lambda: self._pipelined(_scripts.SEND_MANY, calls))
+        return sum(int(result) for result in results)
+
+    async def _pipelined(
+        self, script: _scripts.Script, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """One ``EVALSHA`` per call, in one pipeline: one batch per node, sent concurrently."""
+        async with self.client.pipeline() as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        if any(isinstance(result, NoScriptError) for result in results):
+            # A node that never saw the script (a new primary after a failover): load it
+            # everywhere, then run the calls again; each call is idempotent only as a whole,
+            # so the pipeline is resent only when no call ran (NOSCRIPT runs nothing).
+            await self.client.execute_command("SCRIPT", "LOAD", script.source)
+            if all(isinstance(result, NoScriptError) for result in results):
+                return await self._pipelined(script, calls)
+            retry = [
+                call for call, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)
+            ]
+            again = iter(await self._pipelined(script, retry))
+            results = [next(again) if isinstance(r, NoScriptError) else r for r in results]
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:
+        await self._script(
+            _scripts.GROUP_ADD, [group_key], [repr(time.time()), group_expiry, channel]
+        )
+
+    async def group_discard(self, group_key: str, channel: str) -> None:
+        await self._retrying(lambda: self.client.zrem(group_key, channel))
+
+    async def group_members(self, group_key: str, joined_after: float) -> list[str]:
+        members: list[bytes] = await self._retrying(
+            lambda: self.client.zrangebyscore(group_key, f"({joined_after!r}", "+inf")
+        )
+        return [member.decode("utf8") for member in members]
+
+    async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
+        args: list[Any] = [expiry]
+        for score, payload in items:
+            args += [repr(score), payload]
+        await self._script(_scripts.REQUEUE, [queue], args)
+
+    async def wake(self, wake_key: str, tokens: int) -> None:
+        await self._script(_scripts.WAKE, [wake_key], [tokens])
+
+    async def delete_matching(self, pattern: str) -> int:
+        """``SCAN`` every primary; ``UNLINK`` what matches, one call per slot."""
+        await self.client.initialize()
+        counts = await asyncio.gather(
+            *(self._delete_on(node, pattern) for node in self.client.get_primaries())
+        )
+        return sum(counts)
+
+    async def _delete_on(self, node: ClusterNode, pattern: str) -> int:
+        deleted = 0
+        cursor: int | bytes = 0
+        while True:
+            cursor, keys = await node.execute_command(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
+            by_slot: dict[int, list[bytes]] = defaultdict(list)
+            for key in keys:
+                by_slot[self.client.keyslot(key)].append(key)
+            for slot_keys in by_slot.values():
+                deleted += int(await node.execute_command("UNLINK", *slot_keys))
+            if int(cursor) == 0:
+                return deleted
+
+    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection:
+        """A connection to the node serving ``queue``; after an error, the slot map is read
+        again first (the slot may have moved, or a replica taken over)."""
+        if after_error:
+            await self.client.nodes_manager.initialize()
+        else:
+            await self.client.initialize()
+        node = self.client.get_node_from_key(queue)
+        if node is None:
+            raise ServerUnreachable(self.host.describe(), LookupError(f"no node serves {queue}"))
+        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
+        return connection
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
