@@ -1,0 +1,778 @@
+"""Run every workload against every layer, interleaved, and write the results.
+
+``bench/run`` starts a private valkey-server and the virtual environments, then calls
+
+    python3 bench/driver.py --url redis://127.0.0.1:PORT --venvs bench/.venvs [--rounds 3]
+
+Each round measures the PING ceiling, then every workload on every layer, the layers' order
+rotated by one per round (A B C, B C A, C A B, ...). Before each measurement the server is
+flushed and its statistics reset; afterwards any message left in a queue is counted (there
+should be none). Results go to ``bench/results/<UTC time>.json`` and ``.md`` and to
+``bench/results/latest.md``. Standard library only, so any ``python3`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from resp import RespClient  # noqa: E402
+
+WORKLOAD = BENCH / "workload.py"
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str  # the name in tables
+    venv: str  # under --venvs
+    path: str  # module.Class
+    kind: str  # "core" or "pubsub"
+    peer: str  # the key of the layer it is compared with
+
+    @property
+    def is_peer(self) -> bool:
+        return self.key == self.peer
+
+
+CORE_PEER = "channels_redis"
+PUBSUB_PEER = "channels_redis pubsub"
+LAYERS = (
+    Layer(CORE_PEER, "channels-redis", "channels_redis.core.RedisChannelLayer", "core", CORE_PEER),
+    Layer("ours", "ours", "channels_valkey.core.ValkeyChannelLayer", "core", CORE_PEER),
+    Layer(
+        "ours+libvalkey",
+        "ours-libvalkey",
+        "channels_valkey.core.ValkeyChannelLayer",
+        "core",
+        CORE_PEER,
+    ),
+    Layer(
+        "channels_valkey 0.3",
+        "channels-valkey-0.3",
+        "channels_valkey.core.ValkeyChannelLayer",
+        "core",
+        CORE_PEER,
+    ),
+    Layer(
+        PUBSUB_PEER,
+        "channels-redis",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "pubsub",
+        PUBSUB_PEER,
+    ),
+    Layer(
+        "ours pubsub",
+        "ours",
+        "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
+        "pubsub",
+        PUBSUB_PEER,
+    ),
+    Layer(
+        "ours pubsub+libvalkey",
+        "ours-libvalkey",
+        "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
+        "pubsub",
+        PUBSUB_PEER,
+    ),
+    Layer(
+        "channels_valkey 0.3 pubsub",
+        "channels-valkey-0.3",
+        "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
+        "pubsub",
+        PUBSUB_PEER,
+    ),
+)
+
+#: The virtual environments the ceiling is measured in (valkey-py without and with libvalkey).
+CEILING_VENVS = ("ours", "ours-libvalkey")
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    kinds: tuple[str, ...]
+    what: str
+    #: Measured for this many times --seconds (ping-pong: more samples for its p99).
+    scale: float = 1.0
+
+
+WORKLOADS = (
+    Workload(
+        "send-receive",
+        "send/receive, one normal channel, sender and receiver tasks in one process",
+        ("core",),
+        "messages/s",
+    ),
+    Workload(
+        "send-receive-2proc",
+        "send/receive, one normal channel, sender and receiver in two processes",
+        ("core",),
+        "messages/s",
+    ),
+    Workload(
+        "fan-in-200",
+        "fan-in: 200 process-local channels each receiving, one sender, one process",
+        ("core", "pubsub"),
+        "messages/s",
+    ),
+    Workload(
+        "group-1000",
+        "group_send to 1000 process-local channels of one process (sender in it too)",
+        ("core", "pubsub"),
+        "deliveries/s",
+    ),
+    Workload(
+        "group-1000-4proc",
+        "group_send to 1000 process-local channels spread over 4 processes (sender in a 5th)",
+        ("core", "pubsub"),
+        "deliveries/s",
+    ),
+    Workload(
+        "ping-pong",
+        "ping-pong between process-local channels of two processes, one exchange at a time",
+        ("core", "pubsub"),
+        "ping-pongs/s",
+        scale=2.0,
+    ),
+)
+WORKLOAD_KEYS = tuple(w.key for w in WORKLOADS)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def python_of(venvs: Path, venv: str) -> Path:
+    return venvs / venv / "bin" / "python"
+
+
+def available(venvs: Path, layer: Layer) -> str | None:
+    """``None`` when the layer's class imports in its venv, else why not."""
+    python = python_of(venvs, layer.venv)
+    if not python.exists():
+        return f"no virtual environment {venvs / layer.venv}"
+    module, _, name = layer.path.rpartition(".")
+    probe = f"import importlib; getattr(importlib.import_module({module!r}), {name!r})"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "import failed"
+    return None
+
+
+def reset_server(url: str) -> None:
+    with RespClient.from_url(url) as client:
+        client.command("FLUSHALL")
+        client.command("CONFIG", "RESETSTAT")
+
+
+def leftover_messages(url: str) -> int:
+    """Messages still queued: members of sorted sets that are neither groups nor our own keys.
+
+    channels_redis keeps a receive's message in ``<queue>$inflight`` until it is processed, so
+    those count as left over; other keys with ``$`` (wake keys) and groups do not.
+    """
+    total = 0
+    with RespClient.from_url(url) as client:
+        cursor: Any = b"0"
+        while True:
+            reply = client.command("SCAN", cursor, "COUNT", 1000)
+            assert isinstance(reply, list)
+            cursor, keys = reply[0], reply[1]
+            assert isinstance(keys, list)
+            for key in keys:
+                assert isinstance(key, bytes)
+                if b":group:" in key or (b"$" in key and not key.endswith(b"$inflight")):
+                    continue
+                if client.text("TYPE", key) == "zset":
+                    count = client.command("ZCARD", key)
+                    assert isinstance(count, int)
+                    total += count
+            if cursor in (b"0", 0, "0"):
+                return total
+
+
+def run_json(command: list[str | Path], timeout: float) -> dict[str, Any]:
+    """Run a workload process; its report, or a failed one with the end of its stderr."""
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr or ""
+        if isinstance(stderr, bytes):
+            stderr = stderr.decode(errors="replace")
+        return {"ok": False, "error": f"no result within {timeout:.0f} s", "stderr": stderr[-4000:]}
+    report: dict[str, Any] | None = None
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            report = json.loads(line)
+            break
+    if report is None:
+        report = {"ok": False, "error": f"no report (exit code {done.returncode})"}
+    elif done.returncode and report.get("ok"):
+        report.update(ok=False, error=f"exit code {done.returncode}")
+    if done.stderr.strip():
+        report["stderr"] = done.stderr[-4000:]
+    report["wall"] = time.perf_counter() - started
+    return report
+
+
+def rotated(items: list[Any], by: int) -> list[Any]:
+    if not items:
+        return items
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def describe(record: dict[str, Any]) -> str:
+    if not record.get("ok"):
+        return f"FAILED: {record.get('error')}"
+    if "ping_rates" in record:
+        rates = record["ping_rates"]
+        return f"{rates['client']:,.0f} PING/s (bare connection {rates['connection']:,.0f})"
+    trips = sum(record["round_trips"].values()) / record["messages"]
+    text = f"{record['rate']:,.0f} msgs/s, {trips:.2f} round trips/msg"
+    if "latency" in record and record["workload"] == "ping-pong":
+        text += f", p99 {record['latency']['p99'] * 1000:.2f} ms"
+    return text
+
+
+def run_all(options: argparse.Namespace, layers: list[Layer]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    workloads = [w for w in WORKLOADS if w.key in options.workloads]
+    ceiling_venvs = [v for v in CEILING_VENVS if python_of(options.venvs, v).exists()]
+    timeout = 2 * options.seconds + options.warmup + 240
+    for round_index in range(options.rounds):
+        tag = f"[round {round_index + 1}/{options.rounds}]"
+        for venv in rotated(ceiling_venvs, round_index):
+            command: list[str | Path] = [python_of(options.venvs, venv), WORKLOAD, "ceiling"]
+            command += ["--url", options.url, "--seconds", str(options.seconds)]
+            record = run_json(command, timeout)
+            record.update(round=round_index, venv=venv, workload="ceiling")
+            records.append(record)
+            log(f"{tag} ceiling · {venv}: {describe(record)}")
+        for workload in workloads:
+            chosen = [layer for layer in layers if layer.kind in workload.kinds]
+            for layer in rotated(chosen, round_index):
+                reset_server(options.url)
+                command = [python_of(options.venvs, layer.venv), WORKLOAD, "measure"]
+                command += ["--url", options.url, "--layer", layer.path, "--kind", layer.kind]
+                seconds = options.seconds * workload.scale
+                command += ["--workload", workload.key, "--seconds", str(seconds)]
+                command += ["--warmup", str(options.warmup)]
+                record = run_json(command, timeout)
+                record.update(round=round_index, key=layer.key, workload=workload.key)
+                record["leftover"] = leftover_messages(options.url)
+                if record["leftover"] and record.get("ok"):
+                    record.update(ok=False, error=f"{record['leftover']} messages left queued")
+                records.append(record)
+                log(f"{tag} {workload.key} · {layer.key}: {describe(record)}")
+    return records
+
+
+# --- summarising -------------------------------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+@dataclass
+class Summary:
+    """Medians over the rounds that succeeded."""
+
+    runs: int
+    ok: int
+    rate: float | None = None  # messages (deliveries) per second
+    operation_rate: float | None = None  # sends, group_sends or ping-pongs per second
+    p50: float | None = None  # seconds: ping-pong round trip or group_send call
+    p99: float | None = None
+    commands: float | None = None  # server commands per delivered message
+    round_trips: float | None = None  # client round trips per delivered message
+    sender_round_trips: float | None = None  # the sender's round trips per operation
+    commands_per_operation: float | None = None
+    round_trips_per_operation: float | None = None
+    command_mix: dict[str, float] | None = None  # server commands per message, by command
+    errors: list[str] | None = None
+
+
+def summarise(records: list[dict[str, Any]]) -> Summary:
+    good = [r for r in records if r.get("ok")]
+    summary = Summary(runs=len(records), ok=len(good))
+    summary.errors = sorted({str(r.get("error")) for r in records if not r.get("ok")}) or None
+    if not good:
+        return summary
+
+    def per(field: Callable[[dict[str, Any]], float]) -> float | None:
+        return median(field(r) for r in good)
+
+    summary.rate = per(lambda r: r["rate"])
+    summary.operation_rate = per(lambda r: r["operation_rate"])
+    if all("latency" in r for r in good):
+        summary.p50 = per(lambda r: r["latency"]["p50"])
+        summary.p99 = per(lambda r: r["latency"]["p99"])
+    summary.commands = per(lambda r: r["commands"] / r["messages"])
+    summary.round_trips = per(lambda r: sum(r["round_trips"].values()) / r["messages"])
+    summary.commands_per_operation = per(lambda r: r["commands"] / r["operations"])
+    summary.round_trips_per_operation = per(
+        lambda r: sum(r["round_trips"].values()) / r["operations"]
+    )
+    if all("sender" in r["round_trips"] for r in good):
+        summary.sender_round_trips = per(lambda r: r["round_trips"]["sender"] / r["operations"])
+    names = sorted({name for r in good for name in r["command_calls"]})
+    summary.command_mix = {
+        name: median(r["command_calls"].get(name, 0) / r["messages"] for r in good) or 0.0
+        for name in names
+    }
+    return summary
+
+
+def summarise_all(
+    records: list[dict[str, Any]], layers: list[Layer]
+) -> tuple[dict[str, dict[str, Summary]], dict[str, dict[str, float | None]]]:
+    summaries: dict[str, dict[str, Summary]] = {}
+    for workload in WORKLOADS:
+        for layer in layers:
+            mine = [
+                r
+                for r in records
+                if r.get("workload") == workload.key and r.get("key") == layer.key
+            ]
+            if mine:
+                summaries.setdefault(workload.key, {})[layer.key] = summarise(mine)
+    ceilings: dict[str, dict[str, float | None]] = {}
+    for venv in CEILING_VENVS:
+        mine = [r for r in records if r.get("workload") == "ceiling" and r.get("venv") == venv]
+        good = [r for r in mine if r.get("ok")]
+        if mine:
+            ceilings[venv] = {
+                "client": median(r["ping_rates"]["client"] for r in good),
+                "connection": median(r["ping_rates"]["connection"] for r in good),
+            }
+    return summaries, ceilings
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 0, scale: float = 1.0) -> str:
+    if value is None:
+        return "-"
+    return f"{value * scale:,.{digits}f}"
+
+
+def ratio(value: float | None, peer: float | None) -> float | None:
+    if value is None or peer is None or peer == 0:
+        return None
+    return value / peer
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    system = platform.platform()
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                system = line.split("=", 1)[1].strip('"') + f", Linux {platform.release()}"
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": system}
+
+
+def server_version(url: str) -> str:
+    with RespClient.from_url(url) as client:
+        info = client.info("server")
+    return info.get("valkey_version") or info.get("redis_version") or "unknown"
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"commit": git("rev-parse", "HEAD"), "src_changes": changed}
+
+
+def environments(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The package versions each virtual environment reported."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in records:
+        venv = record.get("venv")
+        if venv is None:
+            venv = next((layer.venv for layer in LAYERS if layer.key == record.get("key")), None)
+        if venv and "environment" in record:
+            found.setdefault(venv, record["environment"])
+    return found
+
+
+def package_line(environment: dict[str, Any]) -> str:
+    names = ("channels-valkey", "channels-redis", "channels", "valkey", "redis", "libvalkey")
+    parts = [f"{name} {environment[name]}" for name in names if name in environment]
+    parsers = ", ".join(f"{k}: {v} parser" for k, v in environment.get("parsers", {}).items())
+    return ", ".join(parts) + (f" ({parsers})" if parsers else "")
+
+
+def targets(
+    summaries: dict[str, dict[str, Summary]], ours: str, ours_pubsub: str
+) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the issue's targets, for one flavour of our layers."""
+    rows: list[tuple[str, str, str]] = []
+
+    def pair(workload: str, key: str, peer: str) -> tuple[Summary, Summary] | None:
+        mine, theirs = summaries.get(workload, {}).get(key), summaries.get(workload, {}).get(peer)
+        return None if mine is None or theirs is None else (mine, theirs)
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+    def at_least(value: float | None, bound: float) -> str:
+        return verdict(None if value is None else value >= bound)
+
+    for workload in ("send-receive", "send-receive-2proc"):
+        found = pair(workload, ours, CORE_PEER)
+        if found:
+            mine, peer = found
+            r = ratio(mine.rate, peer.rate)
+            trips = mine.round_trips
+            ok = None if r is None or trips is None else r >= 3 and trips <= 2
+            rows.append(
+                (
+                    f"core {workload}: ≥3x msgs/s at ≤2 round trips/msg",
+                    f"{fmt_ratio(r)} at {fmt(trips, 2)} round trips/msg",
+                    verdict(ok),
+                )
+            )
+    found = pair("fan-in-200", ours, CORE_PEER)
+    if found:
+        r = ratio(found[0].rate, found[1].rate)
+        rows.append(("core fan-in-200: ≥4x msgs/s", fmt_ratio(r), at_least(r, 4)))
+    senders: list[float] = []
+    for workload in ("group-1000", "group-1000-4proc"):
+        found = pair(workload, ours, CORE_PEER)
+        if found:
+            r = ratio(found[0].rate, found[1].rate)
+            rows.append((f"core {workload}: ≥3x deliveries/s", fmt_ratio(r), at_least(r, 3)))
+            if found[0].sender_round_trips is not None:
+                senders.append(found[0].sender_round_trips)
+    if len(senders) == 2:
+        rows.append(
+            (
+                "core group_send: constant round trips per group_send",
+                f"{senders[0]:.2f} and {senders[1]:.2f} by the sender "
+                "(1000 members in 1 process, in 4)",
+                verdict(max(senders) - min(senders) < 0.05),
+            )
+        )
+    for key, peer_key, bound, kind in (
+        (ours, CORE_PEER, 0.5, "core"),
+        (ours_pubsub, PUBSUB_PEER, 0.8, "pub/sub"),
+    ):
+        found = pair("ping-pong", key, peer_key)
+        if found:
+            mine, peer = found
+            r = ratio(mine.p99, peer.p99)
+            rows.append(
+                (
+                    f"{kind} ping-pong: p99 ≤{bound}x the peer's",
+                    f"{fmt(mine.p99, 2, 1000)} ms vs {fmt(peer.p99, 2, 1000)} ms = {fmt_ratio(r)}",
+                    verdict(None if r is None else r <= bound),
+                )
+            )
+    found = pair("fan-in-200", ours_pubsub, PUBSUB_PEER)
+    if found:
+        r = ratio(found[0].rate, found[1].rate)
+        rows.append(("pub/sub fan-in-200: ≥1.2x msgs/s", fmt_ratio(r), at_least(r, 1.2)))
+    return rows
+
+
+def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -> str:
+    options = result["options"]
+    lines: list[str] = []
+    add = lines.append
+    add(f"# Channel layer benchmark, {result['started']}")
+    add("")
+    m = result["machine"]
+    add(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['system']}")
+    add(f"- Server: valkey-server {result['server_version']}, private, no persistence, loopback")
+    git = result["git"]
+    dirty = f" plus uncommitted changes to {len(git['src_changes'])} file(s) in src/" * bool(
+        git["src_changes"]
+    )
+    add(f"- This tree: {git['commit'][:12]}{dirty}")
+    for venv, environment in result["environments"].items():
+        add(f"- `{venv}`: Python {environment.get('python')}, {package_line(environment)}")
+    add(
+        f"- Rounds: {options['rounds']}; each measurement {options['seconds']} s "
+        f"(ping-pong {options['seconds'] * 2} s) after a {options['warmup']} s warm-up; "
+        "layers interleaved, their order rotated every round; medians over rounds"
+    )
+    for key, why in result["skipped"].items():
+        add(f"- Not measured: {key} ({why})")
+    add("")
+
+    ceilings = result["ceilings"]
+    reference = (ceilings.get("ours") or {}).get("client")
+    add("## Ceiling: sequential PINGs on one valkey-py asyncio connection")
+    add("")
+    add("| valkey-py | PING/s through the client (pool checkout) | PING/s on the bare connection |")
+    add("| --- | ---: | ---: |")
+    for venv, label in (("ours", "pure-Python parser"), ("ours-libvalkey", "libvalkey parser")):
+        if venv in ceilings:
+            c = ceilings[venv]
+            add(f"| {label} | {fmt(c['client'])} | {fmt(c['connection'])} |")
+    add("")
+    add(
+        "A layer that needs one round trip per message on one connection cannot beat the first "
+        "column; `% of ceiling` below is a layer's messages/s divided by it (pure-Python parser)."
+    )
+    add("")
+
+    add("## Results")
+    for workload in WORKLOADS:
+        table = summaries.get(workload.key)
+        if not table:
+            continue
+        add("")
+        add(f"### `{workload.key}`: {workload.title}")
+        add("")
+        layers_here = [layer for layer in LAYERS if layer.key in table]
+        grouped = workload.key.startswith("group")
+        if workload.key == "ping-pong":
+            add(
+                "| layer | ping-pongs/s | x peer | p50 ms | p99 ms | p99 x peer "
+                "| commands/msg | round trips/msg | ok runs |"
+            )
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        elif grouped:
+            add(
+                "| layer | deliveries/s | x peer | group_send call ms (p50) "
+                "| sender round trips/group_send | round trips/group_send (all) "
+                "| commands/group_send | ok runs |"
+            )
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        else:
+            add(
+                "| layer | msgs/s | x peer | % of ceiling | commands/msg | round trips/msg "
+                "| ok runs |"
+            )
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for layer in layers_here:
+            s = table[layer.key]
+            peer = table.get(layer.peer)
+            name = f"**{layer.key}**" if layer.key.startswith("ours") else layer.key
+            x = fmt_ratio(ratio(s.rate, peer.rate if peer else None))
+            ok = f"{s.ok}/{s.runs}"
+            if workload.key == "ping-pong":
+                x99 = fmt_ratio(ratio(s.p99, peer.p99 if peer else None))
+                add(
+                    f"| {name} | {fmt(s.operation_rate)} | {x} | {fmt(s.p50, 2, 1000)} "
+                    f"| {fmt(s.p99, 2, 1000)} | {x99} | {fmt(s.commands, 2)} "
+                    f"| {fmt(s.round_trips, 2)} | {ok} |"
+                )
+            elif grouped:
+                add(
+                    f"| {name} | {fmt(s.rate)} | {x} | {fmt(s.p50, 2, 1000)} "
+                    f"| {fmt(s.sender_round_trips, 2)} | {fmt(s.round_trips_per_operation, 2)} "
+                    f"| {fmt(s.commands_per_operation, 1)} | {ok} |"
+                )
+            else:
+                share = ratio(s.rate, reference)
+                add(
+                    f"| {name} | {fmt(s.rate)} | {x} | {fmt(share, 0, 100)}% "
+                    f"| {fmt(s.commands, 2)} | {fmt(s.round_trips, 2)} | {ok} |"
+                )
+        for layer in layers_here:
+            for error in table[layer.key].errors or ():
+                add(f"\n{layer.key} failed: `{error}`")
+
+    add("")
+    add("## Targets")
+    add("")
+    add("| target | measured | verdict |")
+    add("| --- | --- | --- |")
+    for ours, ours_pubsub in (("ours", "ours pubsub"), ("ours+libvalkey", "ours pubsub+libvalkey")):
+        for target, measured, verdict in targets(summaries, ours, ours_pubsub):
+            add(f"| {ours}: {target} | {measured} | {verdict} |")
+
+    add("")
+    add("## Server commands per delivered message, by command")
+    add("")
+    add("| workload | layer | commands |")
+    add("| --- | --- | --- |")
+    for workload in WORKLOADS:
+        for key, s in summaries.get(workload.key, {}).items():
+            mix = s.command_mix or {}
+            scale = 1000 if workload.key.startswith("group") else 1
+            unit = " (per 1000 deliveries)" if scale != 1 else ""
+            text = ", ".join(
+                f"{name} {count * scale:.2f}"
+                for name, count in sorted(mix.items(), key=lambda item: -item[1])
+                if count * scale >= 0.005
+            )
+            add(f"| {workload.key} | {key} | {text}{unit} |")
+
+    add("")
+    add("## How to read this")
+    add("")
+    add(
+        "- `x peer`: the layer's median divided by channels_redis 4.3.0's on the same server in "
+        "the same run: `RedisChannelLayer` for core layers, `RedisPubSubChannelLayer` for "
+        "pub/sub layers. Above 1 is faster; for latency (p99 x peer) below 1 is better."
+    )
+    add(
+        "- Pub/sub layers are not run on the normal-channel workloads: with pub/sub a message "
+        "sent to a normal channel goes to every process subscribed to it, not to one receiver."
+    )
+    add(
+        "- Every run checks that each receiver got every message of the measured epoch exactly "
+        "once and in order, and that no message was left queued; `ok runs` counts the runs "
+        "that passed. Senders keep at most 50 messages (group sends) in flight, so no channel "
+        "reaches its capacity of 100."
+    )
+    add(
+        "- Round trips are counted in the clients: each call of valkey-py's or redis-py's "
+        "asyncio `send_packed_command` (one command, or one whole pipeline) in every process "
+        "during the measured epoch. Pushed pub/sub messages cost none. `sender round trips` "
+        "are those made by the task calling `group_send`."
+    )
+    add(
+        "- Commands are the server's: `total_commands_processed` from `INFO stats` just before "
+        "and after the measured epoch, minus that `INFO`; commands run by Lua scripts count, so "
+        "one `EVALSHA` running `ZCARD`, `ZADD`, `EXPIRE` is 4 commands and 1 round trip."
+    )
+    add(
+        "- Both counts are per delivered message (per group_send for groups, where one "
+        "group_send delivers 1000 messages); they do not depend on the machine."
+    )
+    add(
+        "- ping-pong p50/p99: the time from sending a ping to receiving its pong. group_send "
+        "p50: the time one `group_send` call takes."
+    )
+    add("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--url", required=True, help="the server to use, redis://host:port (bench/run sets it)"
+    )
+    parser.add_argument(
+        "--venvs", type=Path, default=BENCH / ".venvs", help="default: bench/.venvs"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=BENCH / "results", help="default: bench/results"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="default: 3")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=1.5,
+        help="per measurement (ping-pong: twice that); default: 1.5",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.3, help="warm-up per measurement; default: 0.3"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 0.5 s measurements")
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOAD_KEYS), help="comma-separated subset"
+    )
+    parser.add_argument(
+        "--layers",
+        default="",
+        help="comma-separated subset of: " + ", ".join(layer.key for layer in LAYERS),
+    )
+    parser.add_argument("--no-save", action="store_true", help="print, do not write results")
+    options = parser.parse_args()
+    if options.quick:
+        options.rounds, options.seconds, options.warmup = 1, 0.5, 0.2
+    options.workloads = [w.strip() for w in options.workloads.split(",") if w.strip()]
+    unknown = set(options.workloads) - set(WORKLOAD_KEYS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    wanted = {k.strip() for k in options.layers.split(",") if k.strip()}
+    unknown = wanted - {layer.key for layer in LAYERS}
+    if unknown:
+        parser.error(f"unknown layers: {', '.join(sorted(unknown))}")
+
+    started = datetime.now(timezone.utc)
+    layers, skipped = [], {}
+    for layer in LAYERS:
+        if wanted and layer.key not in wanted:
+            continue
+        why = available(options.venvs, layer)
+        if why is None:
+            layers.append(layer)
+        else:
+            skipped[layer.key] = why
+            log(f"not measuring {layer.key}: {why}")
+    records = run_all(options, layers)
+    summaries, ceilings = summarise_all(records, layers)
+    result: dict[str, Any] = {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "options": {
+            "rounds": options.rounds,
+            "seconds": options.seconds,
+            "warmup": options.warmup,
+            "workloads": options.workloads,
+        },
+        "machine": machine(),
+        "server_version": server_version(options.url),
+        "git": git_state(),
+        "environments": environments(records),
+        "layers": [asdict(layer) for layer in layers],
+        "skipped": skipped,
+        "ceilings": ceilings,
+        "summary": {
+            workload: {key: asdict(s) for key, s in table.items()}
+            for workload, table in summaries.items()
+        },
+        "records": records,
+    }
+    report = markdown(result, summaries)
+    print(report)
+    if not options.no_save:
+        options.results.mkdir(parents=True, exist_ok=True)
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        (options.results / f"{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (options.results / f"{stamp}.md").write_text(report)
+        shutil.copyfile(options.results / f"{stamp}.md", options.results / "latest.md")
+        log(f"wrote {options.results / stamp}.json, .md and latest.md")
+    failed = [r for r in records if not r.get("ok")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
