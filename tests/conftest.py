@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cluster import ValkeyClusterGroup
 from servers import SentinelGroup, Topology, ValkeyServer
 
 
@@ -87,6 +88,14 @@ def valkey_sentinel() -> Iterator[SentinelGroup]:
         yield group
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[ValkeyClusterGroup]:
+    """Three primaries with a replica each. Read-only use: never kill or reshard it
+    (use ``cluster_failover_group`` for that)."""
+    with ValkeyClusterGroup() as group:
+        yield group
+
+
 # --------------------------------------------------------------------------
 # Function-scoped servers (each test owns them, so it may break them)
 # --------------------------------------------------------------------------
@@ -111,11 +120,18 @@ def sentinel_failover_group() -> Iterator[SentinelGroup]:
         yield group
 
 
+@pytest.fixture
+def cluster_failover_group() -> Iterator[ValkeyClusterGroup]:
+    """A fresh cluster the test may fail over or reshard; torn down afterwards."""
+    with ValkeyClusterGroup() as group:
+        yield group
+
+
 # --------------------------------------------------------------------------
 # The ``hosts`` matrix
 # --------------------------------------------------------------------------
 
-TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel"]
+TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"]
 
 
 def _build_topology(name: str, request: pytest.FixtureRequest) -> Topology:
@@ -147,6 +163,10 @@ def _build_topology(name: str, request: pytest.FixtureRequest) -> Topology:
             }
         ]
         return Topology(name, hosts, [group.primary])
+    if name == "cluster":
+        cluster: ValkeyClusterGroup = request.getfixturevalue("valkey_cluster")
+        hosts = [{"cluster": True, "startup_nodes": cluster.startup_nodes}]
+        return Topology(name, hosts, cluster.primaries())
     raise ValueError(f"unknown topology {name!r}")
 
 

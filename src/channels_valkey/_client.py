@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from valkey.asyncio import ConnectionPool, Valkey
@@ -17,13 +18,19 @@ from valkey.asyncio.connection import AbstractConnection
 from valkey.asyncio.retry import Retry
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from valkey.backoff import EqualJitterBackoff
-from valkey.exceptions import AskError, ClusterDownError, TryAgainError
+from valkey.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    TryAgainError,
+    ValkeyClusterException,
+)
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import _scripts
 from ._hosts import Host, SentinelHost, ServerHost
-from .exceptions import ConfigurationError, ServerUnreachable
+from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ REDIRECT_ERRORS: tuple[type[Exception], ...] = (
     AskError,  # MovedError is an AskError
     TryAgainError,
     ClusterDownError,
+    ValkeyClusterException,  # no node answered while the slot map was reloaded
 )
 
 #: How a command rides out a dropped connection, a restart or a Sentinel failover: about ten
@@ -103,6 +111,22 @@ def check_host(host: ServerHost | SentinelHost) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ReplicaWait:
+    """``wait_for_replicas``: how many replicas must confirm a send, and for how long."""
+
+    replicas: int
+    timeout: float
+
+    @property
+    def timeout_ms(self) -> int:
+        return max(1, round(self.timeout * 1000))
+
+    def check(self, host: Host, confirmed: int) -> None:
+        if confirmed < self.replicas:
+            raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
+
+
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -110,7 +134,13 @@ class QueueServer(Protocol):
     host: Host
 
     async def send(
-        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+        self,
+        queue: str,
+        now: float,
+        expiry: int,
+        capacity: int,
+        payload: bytes,
+        wait: ReplicaWait | None = None,
     ) -> bool: ...
 
     async def send_many(
@@ -156,10 +186,42 @@ class Shard:
             raise ServerUnreachable(self.host.describe(), error) from error
 
     async def send(
-        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+        self,
+        queue: str,
+        now: float,
+        expiry: int,
+        capacity: int,
+        payload: bytes,
+        wait: ReplicaWait | None = None,
     ) -> bool:
-        """Queue ``payload``; ``False`` when the channel is at capacity."""
-        return bool(await self._run(_scripts.SEND, [queue], [repr(now), expiry, capacity, payload]))
+        """Queue ``payload``; ``False`` when the channel is at capacity. With ``wait``, also
+        wait (in the same round trip) until that many replicas have the message."""
+        args: list[_scripts.Arg] = [repr(now), expiry, capacity, payload]
+        if wait is None:
+            return bool(await self._run(_scripts.SEND, [queue], args))
+        try:
+            queued, confirmed = await self._send_and_wait(queue, args, wait)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
+        wait.check(self.host, confirmed)
+        return bool(queued)
+
+    async def _send_and_wait(
+        self, queue: str, args: list[_scripts.Arg], wait: ReplicaWait
+    ) -> tuple[object, int]:
+        """``EVALSHA`` and ``WAIT`` pipelined on one connection: WAIT counts the replicas
+        that have this connection's last write."""
+        for _ in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", _scripts.SEND.sha, 1, queue, *args)
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                queued, confirmed = await pipe.execute(raise_on_error=False)
+            if not isinstance(queued, NoScriptError):
+                break
+            await self.client.script_load(_scripts.SEND.source)
+        if isinstance(queued, Exception):
+            raise queued
+        return queued, int(confirmed)
 
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int

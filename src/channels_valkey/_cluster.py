@@ -19,14 +19,14 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
+from valkey.asyncio.cluster import ClusterNode, PipelineCommand, ValkeyCluster
 from valkey.asyncio.connection import AbstractConnection
-from valkey.exceptions import NoScriptError
+from valkey.exceptions import AskError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, connection_kwargs
+from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, ReplicaWait, connection_kwargs
 from ._hosts import ClusterHost, Host
 from .exceptions import ConfigurationError, ServerUnreachable
 
@@ -60,9 +60,18 @@ class ClusterShard:
     def __init__(self, host: ClusterHost) -> None:
         self.host: Host = host
         self.client = build_cluster(host)
+        self._refreshing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<ClusterShard {self.host.describe()}>"
+
+    async def _refresh(self) -> None:
+        """Reload the slot map; concurrent callers share one reload (valkey-py's reload
+        replaces node objects other tasks may be using, so two at once would clash)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self.client.nodes_manager.initialize())
+            self._refreshing.add_done_callback(lambda _: setattr(self, "_refreshing", None))
+        await asyncio.shield(self._refreshing)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + RETRY_DEADLINE
@@ -80,10 +89,47 @@ class ClusterShard:
         return await self._retrying(lambda: script(self.client, keys, args))
 
     async def send(
-        self, queue: str, now: float, expiry: int, capacity: int, payload: bytes
+        self,
+        queue: str,
+        now: float,
+        expiry: int,
+        capacity: int,
+        payload: bytes,
+        wait: ReplicaWait | None = None,
     ) -> bool:
         args = [repr(now), expiry, capacity, payload]
-        return bool(await self._script(_scripts.SEND, [queue], args))
+        if wait is None:
+            return bool(await self._script(_scripts.SEND, [queue], args))
+        queued, confirmed = await self._retrying(lambda: self._send_and_wait(queue, args, wait))
+        wait.check(self.host, confirmed)
+        return bool(queued)
+
+    async def _send_and_wait(
+        self, queue: str, args: list[Any], wait: ReplicaWait
+    ) -> tuple[object, int]:
+        """``EVALSHA`` and ``WAIT`` pipelined on one connection to the queue's node: WAIT
+        counts the replicas that have this connection's last write."""
+        await self.client.initialize()
+        node = self.client.get_node_from_key(queue)
+        if node is None:
+            raise ConnectionError(f"no node serves {queue} yet")  # retried by _retrying
+        send = PipelineCommand(0, "EVALSHA", _scripts.SEND.sha, 1, queue, *args)
+        confirm = PipelineCommand(1, "WAIT", wait.replicas, wait.timeout_ms)
+        try:
+            await node.execute_pipeline([send, confirm])
+        except REDIRECT_ERRORS:
+            await self._refresh()
+            raise
+        if isinstance(send.result, NoScriptError):  # a node that never saw the script
+            await self.client.script_load(_scripts.SEND.source)
+            return await self._send_and_wait(queue, args, wait)
+        if isinstance(send.result, AskError):  # the slot moved: learn where, then retry
+            await self._refresh()
+        queued, confirmed = send.result, confirm.result
+        for result in (queued, confirmed):
+            if isinstance(result, Exception):
+                raise result
+        return queued, int(cast(int, confirmed))
 
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
@@ -112,7 +158,7 @@ class ClusterShard:
             # A node that never saw the script (a new primary after a failover): load it
             # everywhere, then run the calls again; each call is idempotent only as a whole,
             # so the pipeline is resent only when no call ran (NOSCRIPT runs nothing).
-            await self.client.execute_command("SCRIPT", "LOAD", script.source)
+            await self.client.script_load(script.source)
             if all(isinstance(result, NoScriptError) for result in results):
                 return await self._pipelined(script, calls)
             retry = [
@@ -175,7 +221,7 @@ class ClusterShard:
         """A connection to the node serving ``queue``; after an error, the slot map is read
         again first (the slot may have moved, or a replica taken over)."""
         if after_error:
-            await self.client.nodes_manager.initialize()
+            await self._refresh()
         else:
             await self.client.initialize()
         node = self.client.get_node_from_key(queue)

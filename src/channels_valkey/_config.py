@@ -27,6 +27,10 @@ class LayerConfig:
     capacity: int
     channel_capacity: tuple[CapacityRule, ...]
     random_prefix_length: int
+    #: Replicas that must confirm each ``send`` (``WAIT``); 0 does not wait.
+    wait_for_replicas: int = 0
+    #: Seconds ``send`` waits for those confirmations.
+    replica_timeout: float = 1.0
 
     def capacity_of(self, channel: str) -> int:
         """The first ``channel_capacity`` rule that matches wins, else ``capacity``."""
@@ -45,6 +49,8 @@ def build_config(
     capacity: object,
     channel_capacity: object,
     random_prefix_length: object,
+    wait_for_replicas: object = 0,
+    replica_timeout: object = 1.0,
 ) -> LayerConfig:
     return LayerConfig(
         hosts=parse_hosts(hosts),
@@ -54,6 +60,8 @@ def build_config(
         capacity=positive_int("capacity", capacity),
         channel_capacity=compile_capacities(channel_capacity),
         random_prefix_length=non_negative_int("random_prefix_length", random_prefix_length),
+        wait_for_replicas=non_negative_int("wait_for_replicas", wait_for_replicas),
+        replica_timeout=positive_seconds("replica_timeout", replica_timeout),
     )
 
 
@@ -74,6 +82,12 @@ def positive_int(option: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
     return value
+
+
+def positive_seconds(option: str, value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ConfigurationError(f"{option} must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 def compile_capacities(channel_capacity: object) -> tuple[CapacityRule, ...]:

@@ -41,7 +41,7 @@ class Script:
             return await runner.execute_command(*command)
         except NoScriptError:
             # A cluster client sends SCRIPT LOAD to every primary.
-            await runner.execute_command("SCRIPT", "LOAD", self.source)
+            await runner.script_load(self.source)
             return await runner.execute_command(*command)
 
 

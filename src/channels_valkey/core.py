@@ -24,7 +24,7 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from ._client import QueueServer
+from ._client import QueueServer, ReplicaWait
 from ._config import LayerConfig, build_config
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
@@ -64,6 +64,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         symmetric_encryption_keys: Sequence[str | bytes] | None = None,
         random_prefix_length: int = 12,
         serializer_format: str = "msgpack",
+        wait_for_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.config: LayerConfig = build_config(
             hosts=hosts,
@@ -73,6 +75,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             capacity=capacity,
             channel_capacity=channel_capacity,
             random_prefix_length=random_prefix_length,
+            wait_for_replicas=wait_for_replicas,
+            replica_timeout=replica_timeout,
         )
         for host in self.config.hosts:
             check_server(host)
@@ -89,6 +93,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 "braces to keep each queue's keys in one slot"
             )
         self._keys = KeySpace(self.config.prefix, hash_tags=on_cluster)
+        self._replica_wait = (
+            ReplicaWait(self.config.wait_for_replicas, self.config.replica_timeout)
+            if self.config.wait_for_replicas
+            else None
+        )
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
         self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry)
@@ -146,7 +155,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         payload = self._serializer.serialize(message)
         shard = self._loops.current().shards[shard_index(name, self.ring_size)]
         queued = await shard.send(
-            self._keys.queue(name), time.time(), self.expiry, self.get_capacity(channel), payload
+            self._keys.queue(name),
+            time.time(),
+            self.expiry,
+            self.get_capacity(channel),
+            payload,
+            self._replica_wait,
         )
         if not queued:
             raise ChannelFull(channel)

@@ -42,3 +42,18 @@ class ServerUnreachable(ConnectionError):
     def __init__(self, server: str, cause: BaseException) -> None:
         super().__init__(f"cannot reach Valkey at {server}: {cause}")
         self.server = server
+
+
+class NotReplicated(Exception):
+    """``send`` queued the message, but fewer replicas than ``wait_for_replicas`` confirmed it
+    in time: if the primary fails now, the message may be lost with it.
+
+    The message is queued and may well be delivered; retrying the send may deliver it twice.
+    """
+
+    def __init__(self, server: str, confirmed: int, wanted: int, timeout: float) -> None:
+        super().__init__(
+            f"Valkey at {server} queued the message, but only {confirmed} of {wanted} "
+            f"replicas confirmed it within {timeout:g} s"
+        )
+        self.confirmed = confirmed
