@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._config import check_prefix, positive_int
-from ._hosts import Host, parse_hosts
+from ._hosts import SentinelHost, ServerHost, parse_hosts
 from .exceptions import ConfigurationError
 
 _STORAGE_OPTIONS = frozenset({"expiry", "group_expiry", "channel_capacity", "random_prefix_length"})
@@ -30,7 +30,7 @@ ACCEPTED_OPTIONS = (
 
 @dataclass(frozen=True)
 class PubSubConfig:
-    hosts: tuple[Host, ...]
+    hosts: tuple[ServerHost | SentinelHost, ...]
     prefix: str
     #: Messages a local channel holds for its consumer before new ones are dropped.
     capacity: int
@@ -54,12 +54,26 @@ def build_pubsub_config(
 ) -> PubSubConfig:
     check_unknown(unknown)
     return PubSubConfig(
-        hosts=parse_hosts(hosts),
+        hosts=check_hosts(hosts),
         prefix=check_prefix(prefix),
         capacity=positive_int("capacity", capacity),
         on_disconnect=check_hook("on_disconnect", on_disconnect),
         on_reconnect=check_hook("on_reconnect", on_reconnect),
     )
+
+
+def check_hosts(hosts: object) -> tuple[ServerHost | SentinelHost, ...]:
+    """Servers and Sentinel primaries; several entries shard the names by consistent hash."""
+    parsed = parse_hosts(hosts)
+    checked: list[ServerHost | SentinelHost] = []
+    for index, host in enumerate(parsed):
+        if not isinstance(host, ServerHost | SentinelHost):
+            raise ConfigurationError(
+                f"hosts[{index}] ({host.describe()}): the pub/sub layer takes servers and "
+                "Sentinel entries only; list the servers themselves to shard over them"
+            )
+        checked.append(host)
+    return tuple(checked)
 
 
 def check_hook(option: str, value: object) -> str | None:

@@ -1,0 +1,201 @@
+"""The pub/sub layer on one event loop: its local state, connections and tasks, closed together.
+
+Connections, futures and tasks belong to the loop that made them, and Django runs the layer on
+several loops (the server's, and a short-lived one per ``async_to_sync`` call), so each loop
+gets its own :class:`LoopLayer`: its own publish pools, its own subscriber per shard, its own
+local channels. A channel is local to the loop it was made on.
+
+Closing without the user calling ``close()``: like the core layer's ``_loops``, each loop gets
+a *keeper* task waiting forever. ``asyncio.run()`` and ``async_to_sync`` cancel every task
+before closing their loop, and the keeper's cancellation is the signal to close this loop's
+connections while it can still run the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from functools import partial
+
+from ._pubsub_config import PubSubConfig
+from ._pubsub_server import PubSubServer
+from ._pubsub_state import ChannelClosed, Drops, Inbox, Item, LocalState
+from ._pubsub_subscriber import Subscriber
+from ._sharding import shard_index
+
+logger = logging.getLogger(__name__)
+
+
+class LoopLayer:
+    """Everything the pub/sub layer holds on one event loop; :meth:`aclose` closes it all."""
+
+    def __init__(self, config: PubSubConfig, drops: Drops, on_closed: Callable[[], None]) -> None:
+        self.config = config
+        self.servers = [PubSubServer(host) for host in config.hosts]
+        self.state = LocalState(config.capacity, drops)
+        self.subscribers = [
+            Subscriber(
+                server,
+                on_message=self.state.deliver,
+                on_down=partial(self._down, index),
+                on_up=partial(self._up, index),
+            )
+            for index, server in enumerate(self.servers)
+        ]
+        #: Per shard: local channels told about a drop and not yet about the return.
+        self._missed: list[set[str]] = [set() for _ in self.servers]
+        self._on_closed = on_closed
+        self._closing: asyncio.Future[None] | None = None
+        self._keeping = True
+        self._keeper = asyncio.get_running_loop().create_task(
+            self._keep(), name="channels_valkey pubsub loop keeper"
+        )
+
+    def __repr__(self) -> str:
+        return f"<LoopLayer {self.state!r} shards={len(self.servers)}>"
+
+    def _index(self, name: str) -> int:
+        return shard_index(name, len(self.servers))
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def publish(self, name: str, payload: bytes) -> int:
+        """``PUBLISH`` on the shard owning ``name``; returns how many subscribers got it."""
+        return await self.servers[self._index(name)].publish(name, payload)
+
+    # --- local channels ------------------------------------------------------------------
+
+    def owns(self, channel: str) -> bool:
+        return self.state.inbox(channel) is not None
+
+    async def open(self, channel: str) -> None:
+        """Make ``channel`` local and return once the server confirmed its subscription."""
+        inbox, _ = self.state.open(channel)
+        try:
+            await self.subscribers[self._index(channel)].subscribe(channel)
+        except BaseException:
+            if not inbox.receivers:
+                self._free(channel, inbox)
+            raise
+
+    async def receive(self, channel: str) -> Item:
+        """The next item for ``channel``, which is made local first if it is not.
+
+        Leaving by an exception (a cancelled ``receive()``: the consumer went away) frees the
+        channel, unless another ``receive()`` still waits on it.
+        """
+        inbox, _ = self.state.open(channel)
+        inbox.receivers += 1
+        try:
+            await self.subscribers[self._index(channel)].subscribe(channel)
+            item = await inbox.get()
+        except BaseException:
+            inbox.receivers -= 1
+            if not inbox.receivers:
+                self._free(channel, inbox)
+            raise
+        inbox.receivers -= 1
+        return item
+
+    def _free(self, channel: str, inbox: Inbox) -> None:
+        if self.state.inbox(channel) is not inbox:
+            return  # already freed (flush, close), maybe made again since
+        for name in self.state.free(channel):
+            self.subscribers[self._index(name)].unsubscribe(name)
+
+    # --- groups --------------------------------------------------------------------------
+
+    async def group_add(self, group_channel: str, channel: str) -> None:
+        """Put local ``channel`` in the group; returns once the group is subscribed."""
+        joined = self.state.join(group_channel, channel)
+        try:
+            await self.subscribers[self._index(group_channel)].subscribe(group_channel)
+        except BaseException:
+            if joined:
+                self.group_discard(group_channel, channel)
+            raise
+
+    def group_discard(self, group_channel: str, channel: str) -> None:
+        if self.state.leave(group_channel, channel):
+            self.subscribers[self._index(group_channel)].unsubscribe(group_channel)
+
+    # --- connection notices --------------------------------------------------------------
+
+    def _down(self, index: int, names: list[str]) -> None:
+        channels = self.state.affected(names)
+        self._missed[index] |= channels
+        logger.warning(
+            "Lost the pub/sub connection to %s: %d local channel(s) miss messages until it is back",
+            self.servers[index].describe(),
+            len(channels),
+        )
+        if self.config.on_disconnect is not None:
+            self.state.notify(channels, {"type": self.config.on_disconnect})
+
+    def _up(self, index: int) -> None:
+        channels, self._missed[index] = self._missed[index], set()
+        if self.config.on_reconnect is not None:
+            self.state.notify(channels, {"type": self.config.on_reconnect})
+
+    # --- closing -------------------------------------------------------------------------
+
+    async def _keep(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._keeping = False
+            if self._closing is None:  # else aclose() cancelled us and is awaiting us
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Forget the local state, stop the subscribers, close the pools; safe to repeat."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._on_closed()
+        self.state.clear(ChannelClosed("the channel layer was flushed or closed"))
+        await asyncio.gather(*(subscriber.aclose() for subscriber in self.subscribers))
+        await asyncio.gather(*(server.aclose() for server in self.servers))
+        if self._keeping:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+
+
+class LoopRegistry:
+    """Finds, or makes, the :class:`LoopLayer` of the running loop."""
+
+    def __init__(self, config: PubSubConfig, drops: Drops) -> None:
+        self._config = config
+        self._drops = drops
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLayer] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def current(self) -> LoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._by_loop.get(loop)
+        if layer is None:
+            # A weak reference: the entry must not keep its own key (the loop) alive.
+            layer = LoopLayer(self._config, self._drops, partial(self._forget, weakref.ref(loop)))
+            self._by_loop[loop] = layer
+        return layer
+
+    def existing(self) -> LoopLayer | None:
+        """The running loop's :class:`LoopLayer`, without making one."""
+        return self._by_loop.get(asyncio.get_running_loop())
+
+    def _forget(self, loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        loop = loop_ref()
+        if loop is not None:
+            self._by_loop.pop(loop, None)
+
+    async def close_current(self) -> None:
+        layer = self.existing()
+        if layer is not None:
+            await layer.aclose()

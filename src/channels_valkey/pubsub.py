@@ -1,0 +1,214 @@
+"""``ValkeyPubSubChannelLayer``: channels and groups over Valkey PUB/SUB.
+
+A message is published and pushed by the server to every subscribed process at once: one
+server hop, no queue on the server, no polling. The price is that nothing waits: a message is
+delivered at most once, only to processes subscribed at the moment it is published, and lost
+for a process while its connection to the server is down (the layer reconnects, re-subscribes
+and can tell consumers with ``on_disconnect`` / ``on_reconnect`` messages).
+
+Channel and group names on the wire are those of ``channels_redis`` 4.x
+``RedisPubSubChannelLayer``: a ``send()`` publishes on the channel name as given, a group is
+the pub/sub channel ``prefix + "__group__" + group``, and the payload is the serializer's
+output with no random prefix. Processes running either package share one server.
+
+Semantics of a normal channel (one that ``new_channel()`` did not make): every process
+receiving on it gets a copy of each message; within one process, the coroutines receiving on
+it share one queue, so each message goes to exactly one of them.
+
+Costs (client round trips): ``send``/``group_send`` 1 ``PUBLISH``; ``new_channel`` and the
+first ``group_add`` of a group in a process 1 ``SUBSCRIBE`` (batched with others made at the
+same time); ``receive`` none; freeing a channel 1 ``UNSUBSCRIBE``, not awaited.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+
+from ._client import check_host
+from ._log import RateLimitedLog
+from ._messages import check_message
+from ._pubsub_config import PubSubConfig, build_pubsub_config
+from ._pubsub_loop import LoopRegistry
+from ._pubsub_state import Drops
+from .serializers import registry
+
+__all__ = ["ValkeyPubSubChannelLayer"]
+
+logger = logging.getLogger(__name__)
+
+
+class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """Channel layer over Valkey PUB/SUB (a drop-in for ``RedisPubSubChannelLayer``).
+
+    Options: ``hosts``, ``prefix``, ``symmetric_encryption_keys`` and ``serializer_format`` as
+    for the core layer; ``capacity``, the messages one local channel holds for a slow consumer
+    before new ones are dropped (and counted in :attr:`dropped_messages`); ``on_disconnect``
+    and ``on_reconnect``, message types delivered to the local channels that may have missed
+    messages while a server connection was down, e.g. ``on_disconnect="valkey.disconnect"``
+    runs a consumer's ``valkey_disconnect`` handler. A bad option raises
+    :class:`~channels_valkey.exceptions.ConfigurationError` here.
+    """
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        capacity: int = 100,
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        serializer_format: str = "msgpack",
+        on_disconnect: str | None = None,
+        on_reconnect: str | None = None,
+        **options: object,
+    ) -> None:
+        self.config: PubSubConfig = build_pubsub_config(
+            hosts=hosts,
+            prefix=prefix,
+            capacity=capacity,
+            on_disconnect=on_disconnect,
+            on_reconnect=on_reconnect,
+            unknown=options,
+        )
+        for host in self.config.hosts:
+            check_host(host)
+        # No random prefix and no expiry: the bytes channels_redis' pub/sub layer publishes.
+        self._serializer = registry.get_serializer(
+            serializer_format,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            random_prefix_length=0,
+            expiry=None,
+        )
+        self._drops = Drops()
+        self._undecodable = RateLimitedLog(logger)
+        self._loops = LoopRegistry(self.config, self._drops)
+
+    @property
+    def prefix(self) -> str:
+        return self.config.prefix
+
+    @property
+    def capacity(self) -> int:
+        return self.config.capacity
+
+    @property
+    def ring_size(self) -> int:
+        return len(self.config.hosts)
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped so far because a local channel's queue was full."""
+        return self._drops.count
+
+    def get_capacity(self, channel: str) -> int:
+        return self.config.capacity
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(host.describe() for host in self.config.hosts)
+        return f"<ValkeyPubSubChannelLayer prefix={self.prefix!r} hosts=[{hosts}]>"
+
+    # --- the channel layer API -------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Publish ``message`` to the processes receiving on ``channel`` now (at most once)."""
+        self.require_valid_channel_name(channel)
+        payload = self._serializer.serialize(check_message(message))
+        await self._loops.current().publish(channel, payload)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Wait for the next message on ``channel``, subscribing to it first if needed.
+
+        Cancelling the last ``receive()`` waiting on a channel (the consumer went away)
+        unsubscribes it and frees its state and queued messages.
+        """
+        self.require_valid_channel_name(channel)
+        loop_layer = self._loops.current()
+        while True:
+            item = await loop_layer.receive(channel)
+            if isinstance(item, dict):
+                return item  # a notice made by the layer
+            message = self._decode(channel, item)
+            if message is not None:
+                return message
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """A new channel ``<prefix of the layer><prefix><hex>``, subscribed when returned."""
+        channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"
+        self.require_valid_channel_name(channel)
+        await self._loops.current().open(channel)
+        return channel
+
+    # --- groups extension ------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add a channel this process receives on to ``group``; returns once subscribed."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        loop_layer = self._loops.current()
+        if not loop_layer.owns(channel):
+            raise RuntimeError(
+                f"group_add({group!r}, {channel!r}): channel {channel!r} has no consumer in "
+                "this process (on this event loop). With pub/sub, a process can only add "
+                "its own channels to a group; call it with the consumer's own channel name: "
+                f"await self.channel_layer.group_add({group!r}, self.channel_name)"
+            )
+        await loop_layer.group_add(self.config.group_channel(group), channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; nothing happens if it was not in it."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        loop_layer = self._loops.existing()
+        if loop_layer is not None:
+            loop_layer.group_discard(self.config.group_channel(group), channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Publish ``message`` once; every process with members delivers it to them."""
+        self.require_valid_group_name(group)
+        payload = self._serializer.serialize(check_message(message))
+        await self._loops.current().publish(self.config.group_channel(group), payload)
+
+    # --- flush extension and closing -------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Forget this event loop's channels and groups and close its connections.
+
+        Nothing is stored on the server, so there is nothing to delete there. A ``receive()``
+        still waiting raises; the layer reopens connections on its next use.
+        """
+        await self._loops.close_current()
+
+    async def close_pools(self) -> None:
+        """Same as :meth:`close` (the name the core layer and channels_redis use)."""
+        await self._loops.close_current()
+
+    async def close(self) -> None:
+        """Unsubscribe and close this event loop's connections; safe to call several times.
+
+        Not required: a loop's connections also close when ``asyncio.run()`` or
+        ``async_to_sync`` finishes the loop.
+        """
+        await self._loops.close_current()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _decode(self, channel: str, payload: bytes) -> dict[str, Any] | None:
+        try:
+            message = self._serializer.deserialize(payload)
+        except Exception as error:
+            self._undecodable.warning(
+                "Dropped a message on %s that could not be decoded (%s): is every process "
+                "using the same serializer_format and symmetric_encryption_keys?",
+                channel,
+                type(error).__name__,
+            )
+            return None
+        if not isinstance(message, dict):
+            self._undecodable.warning("Dropped a message on %s: not a dict", channel)
+            return None
+        return message
