@@ -10,7 +10,7 @@ import pytest
 
 from channels_valkey import _client, _reader
 from channels_valkey.core import ValkeyChannelLayer
-from channels_valkey.exceptions import ServerUnreachable
+from channels_valkey.exceptions import NotReplicated, ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, wait_for
 
 RECEIVE_TIMEOUT = 10
@@ -128,4 +128,30 @@ async def test_reader_reconnect_is_logged_not_raised(
     await layer.send("chan", {"type": "m"})
     assert await waiting == {"type": "m"}
     assert "reconnecting" in caplog.text
+    await layer.close()
+
+
+async def test_wait_for_replicas_confirms_sends_on_sentinel(
+    sentinel_failover_group: SentinelGroup,
+) -> None:
+    group = sentinel_failover_group
+    hosts = [{"sentinels": group.sentinels, "master_name": group.master_name}]
+    layer = ValkeyChannelLayer(hosts=hosts, wait_for_replicas=1)
+    for n in range(20):
+        await layer.send("confirmed", {"type": "m", "n": n})
+    # Every acknowledged send is already on the replica: it survives the primary's death.
+    await asyncio.to_thread(group.failover_by_killing_primary, sync_replica=False)
+    assert [(await receive(layer, "confirmed"))["n"] for _ in range(20)] == list(range(20))
+    await layer.close()
+
+
+async def test_wait_for_replicas_without_a_replica_raises_not_replicated(
+    valkey_server: ValkeyServer,
+) -> None:
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url], wait_for_replicas=1, replica_timeout=0.05)
+    with pytest.raises(NotReplicated, match=r"only 0 of 1 replicas confirmed it within 0\.05 s"):
+        await layer.send("unconfirmed", {"type": "m"})
+    assert await receive(layer, "unconfirmed") == {"type": "m"}  # queued all the same
+    await layer.flush()
     await layer.close()

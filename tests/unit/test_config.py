@@ -336,3 +336,24 @@ def test_construction_does_not_connect() -> None:
 def test_repr_names_the_prefix_and_every_host_without_passwords() -> None:
     text = repr(ValkeyChannelLayer(hosts=["valkey://:hunter2@a:6379", ("b", 6380)], prefix="app"))
     assert text == "<ValkeyChannelLayer prefix='app' hosts=[valkey://:***@a:6379, b:6380]>"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wait_for_replicas": -1}, "wait_for_replicas must be a whole number >= 0"),
+        ({"wait_for_replicas": 1.5}, "wait_for_replicas must be a whole number >= 0"),
+        ({"replica_timeout": 0}, "replica_timeout must be a number of seconds > 0"),
+        ({"replica_timeout": "1"}, "replica_timeout must be a number of seconds > 0"),
+    ],
+)
+def test_replica_wait_options_are_checked(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ValkeyChannelLayer(**options)  # type: ignore[arg-type]
+
+
+def test_prefix_with_braces_is_refused_on_a_cluster() -> None:
+    with pytest.raises(ConfigurationError, match="prefix may not contain"):
+        ValkeyChannelLayer(
+            hosts=[{"cluster": True, "startup_nodes": [("127.0.0.1", 1)]}], prefix="a{b}"
+        )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._hosts import DEFAULT_URL, SentinelHost, ServerHost, parse_hosts
+from channels_valkey._hosts import DEFAULT_URL, ClusterHost, SentinelHost, ServerHost, parse_hosts
 from channels_valkey.exceptions import ConfigurationError
 
 # --- accepted forms -------------------------------------------------------------------------
@@ -342,3 +342,36 @@ def test_describe_never_shows_a_password_given_in_the_query_string(url: str) -> 
 def test_numeric_string_ports_are_accepted_like_channels_redis(hosts: list[object]) -> None:
     (host,) = parse_hosts(hosts)
     assert host.kwargs["port"] == 6380
+
+
+def test_a_cluster_entry_names_its_startup_nodes() -> None:
+    (host,) = parse_hosts(
+        [
+            {
+                "cluster": True,
+                "startup_nodes": [("10.0.0.1", 7000), ["10.0.0.2", "7001"]],
+                "ssl": True,
+            }
+        ]
+    )
+    assert isinstance(host, ClusterHost)
+    assert host.startup_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert host.kwargs == {"ssl": True}
+    assert host.describe() == "cluster://10.0.0.1:7000,10.0.0.2:7001"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ([{"cluster": True, "startup_nodes": [("a", 1)]}, "valkey://b"], "only entry in hosts"),
+        ([{"cluster": "yes", "startup_nodes": [("a", 1)]}], r"\['cluster'\] must be True"),
+        ([{"cluster": True}], "startup_nodes'\\] must be a non-empty list"),
+        ([{"cluster": True, "startup_nodes": "a:1"}], "non-empty list"),
+        ([{"cluster": True, "startup_nodes": [("a", 1)], "address": "valkey://a"}], "'address'"),
+        ([{"cluster": True, "startup_nodes": [("a", 1)], "master_name": "m"}], "'master_name'"),
+        ([{"cluster": True, "startup_nodes": [("a", "port")]}], r"\(host, port\) pair"),
+    ],
+)
+def test_bad_cluster_entries_are_refused(hosts: list[object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        parse_hosts(hosts)
