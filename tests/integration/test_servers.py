@@ -14,18 +14,31 @@ from typing import Any
 import pytest
 import valkey
 import valkey.asyncio
+import valkey.asyncio.cluster
 import valkey.asyncio.sentinel
 
 from servers import SentinelGroup, Topology, ValkeyServer
 
 
 @asynccontextmanager
-async def async_client_for(entry: Any) -> AsyncIterator[valkey.asyncio.Valkey]:
+async def async_client_for(entry: Any) -> AsyncIterator[Any]:
     """Connect to one ``hosts`` entry the way a channel layer would.
 
     Always closes what it opened: unclosed connections are errors in this
     suite (ResourceWarning is turned into an error).
     """
+    if isinstance(entry, dict) and entry.get("cluster"):
+        cluster = valkey.asyncio.cluster.ValkeyCluster(
+            startup_nodes=[
+                valkey.asyncio.cluster.ClusterNode(host, port)
+                for host, port in entry["startup_nodes"]
+            ]
+        )
+        try:
+            yield cluster
+        finally:
+            await cluster.aclose()
+        return
     if isinstance(entry, dict) and "sentinels" in entry:
         sentinel = valkey.asyncio.sentinel.Sentinel(
             entry["sentinels"], sentinel_kwargs=entry.get("sentinel_kwargs")
@@ -51,9 +64,31 @@ async def async_client_for(entry: Any) -> AsyncIterator[valkey.asyncio.Valkey]:
         await client.aclose()
 
 
+async def _check_cluster_entry(entry: Any, primaries: list[ValkeyServer]) -> None:
+    """A cluster is one ``hosts`` entry for several primaries: keys must land
+    on exactly one of them each, spread over more than one."""
+    assert len(primaries) >= 3
+    assert all(server.client().dbsize() == 0 for server in primaries)
+    keys = [f"probe:cluster:{i}" for i in range(20)]
+    async with async_client_for(entry) as client:
+        assert await client.ping() is True
+        for key in keys:
+            await client.set(key, b"value")
+    # KEYS only looks at the node itself (EXISTS would answer MOVED).
+    per_node = [
+        {key.decode() for key in server.client().keys("probe:cluster:*")} for server in primaries
+    ]
+    assert sorted(key for node in per_node for key in node) == sorted(keys)
+    assert sum(1 for node in per_node if node) > 1
+
+
 async def test_every_topology_answers_through_its_hosts_form(
     topology: Topology, hosts: list[Any], topology_servers: list[ValkeyServer]
 ) -> None:
+    if topology.name == "cluster":
+        assert len(hosts) == 1
+        await _check_cluster_entry(hosts[0], topology_servers)
+        return
     assert len(hosts) == len(topology_servers)
     for index, (entry, server) in enumerate(zip(hosts, topology_servers, strict=True)):
         # The fixture emptied every server before the test.
