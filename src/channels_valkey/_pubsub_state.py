@@ -96,13 +96,13 @@ class Inbox:
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            if not future.done():
+                self._waiters.remove(future)
+            elif not future.cancelled() and future.exception() is None:
                 # Handed an item, but cancelled before it could return it: pass it on.
                 item = future.result()
                 if not self._hand_over(item):
                     self._items.appendleft(item)
-            else:
-                self._waiters.remove(future)
             raise
 
     def close(self, error: BaseException) -> None:

@@ -123,8 +123,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``, subscribing to it first if needed.
 
-        Cancelling the last ``receive()`` waiting on a channel (the consumer went away)
-        unsubscribes it and frees its state and queued messages.
+        Cancelling the last ``receive()`` waiting on a channel means its consumer went away
+        (Channels cancels it when a websocket closes): the channel is unsubscribed, leaves its
+        groups and its queued messages are freed. So do not wrap ``receive()`` in a timeout on
+        a channel you mean to keep.
         """
         self.require_valid_channel_name(channel)
         loop_layer = self._loops.current()

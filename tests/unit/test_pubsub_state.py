@@ -165,3 +165,13 @@ async def test_clear_fails_waiting_receivers() -> None:
     with pytest.raises(ChannelClosed, match="flushed"):
         await waiting
     assert (state.channel_count, state.group_count) == (0, 0)
+
+
+async def test_a_get_cancelled_as_its_inbox_closes_raises_the_cancellation() -> None:
+    inbox = Inbox(capacity=10)
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    inbox.close(ChannelClosed("closed"))  # the future fails...
+    waiting.cancel()  # ...and the task is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
