@@ -245,6 +245,7 @@ class Subscriber:
             return
         link.up = True
         self._failures = 0
+        self._last_error = None
         if self._missed:
             self._missed = False
             logger.info(
@@ -282,7 +283,9 @@ class Subscriber:
     def _refused(self, op: Op, error: ResponseError) -> None:
         logger.error("%s refused %s %s: %s", self.server.describe(), op.kind, op.name, error)
         if op.kind == SUBSCRIBE and self._wanted.get(op.name) is op.done:
-            del self._wanted[op.name]
+            del self._wanted[op.name]  # a later subscribe() asks the server again
+            if not self._wanted:
+                self._has_wanted.clear()
 
     def _failed(self, error: Exception) -> None:
         self._failures += 1
@@ -304,7 +307,7 @@ class Subscriber:
         if self._link is link:
             self._link = None
             self._outbox.clear()
-        if notify and link.up:
+        if notify and link.up and self._wanted:  # with no subscription, nothing was missed
             self._missed = True
             self._on_down(list(self._wanted))
         await link.connection.disconnect()

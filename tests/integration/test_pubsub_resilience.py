@@ -31,6 +31,7 @@ from test_pubsub import (
 )
 from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
+from valkey.exceptions import ResponseError
 
 from channels_valkey import _pubsub_subscriber
 from channels_valkey._sharding import shard_index
@@ -227,3 +228,23 @@ async def test_a_sentinel_failover_is_announced_and_followed(
     assert numsub([group.primary], channel) == 1  # on the promoted replica
     await layer.send(channel, {"type": "after.failover"})
     assert await receive(layer, channel) == {"type": "after.failover"}
+
+
+async def test_a_refused_subscription_fails_its_caller_only(
+    persistent_server: ValkeyServer, open_layer: OpenLayer
+) -> None:
+    """An ACL that forbids a channel: that SUBSCRIBE fails, the connection carries on."""
+    admin = persistent_server.client()
+    admin.acl_setuser(
+        "limited", enabled=True, passwords=["+secret"], keys=["*"], channels=["allowed.*"]
+    )
+    admin.execute_command("ACL SETUSER limited +@all")
+    hosts = [{"address": persistent_server.url, "username": "limited", "password": "secret"}]
+    layer = open_layer(hosts)
+    with pytest.raises(ResponseError, match="No permissions to access a channel"):
+        await layer.new_channel()
+    assert loop_layer(layer).state.channel_count == 0
+    waiting = asyncio.create_task(receive(layer, "allowed.room"))
+    await until_subscribed([persistent_server], "allowed.room", 1)
+    await layer.send("allowed.room", {"type": "fine"})
+    assert await waiting == {"type": "fine"}
