@@ -13,6 +13,7 @@ whatever the group's size; ``group_add``/``group_discard`` 1.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -101,6 +102,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
         self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry)
+        self._normal_shards = itertools.cycle(range(self.ring_size))
         self._loops = LoopRegistry(self.config.hosts)
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +155,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             message = {**message, RESERVED_KEY: channel}
         name = non_local_name(channel)
         payload = self._serializer.serialize(message)
-        shard = self._loops.current().shards[shard_index(name, self.ring_size)]
+        shard = self._loops.current().shards[self._send_shard(channel)]
         queued = await shard.send(
             self._keys.queue(name),
             time.time(),
@@ -261,6 +263,15 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _group_shard(self, group: str) -> QueueServer:
         return self._loops.current().shards[shard_index(group, self.ring_size)]
+
+    def _send_shard(self, channel: str) -> int:
+        """A process-local channel's queue lives on the shard its name hashes to. Messages for
+        a normal channel are spread over the shards in turn, as channels_redis does: its
+        receivers wait on one shard at a time, so a channel kept on one shard could starve
+        them. Our receivers read every shard; order is kept within a shard."""
+        if is_process_local(channel):
+            return shard_index(non_local_name(channel), self.ring_size)
+        return next(self._normal_shards)
 
     def _check_owned(self, channel: str) -> None:
         if not non_local_name(channel).endswith(f".{self.client_prefix}!"):
