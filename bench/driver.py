@@ -304,6 +304,7 @@ class Summary:
     runs: int
     ok: int
     rate: float | None = None  # messages (deliveries) per second
+    spread: tuple[float, float] | None = None  # lowest and highest round of the main number
     operation_rate: float | None = None  # sends, group_sends or ping-pongs per second
     p50: float | None = None  # seconds: ping-pong round trip or group_send call
     p99: float | None = None
@@ -327,6 +328,8 @@ def summarise(records: list[dict[str, Any]]) -> Summary:
         return median(field(r) for r in good)
 
     summary.rate = per(lambda r: r["rate"])
+    main = [r["operation_rate"] if r["workload"] == "ping-pong" else r["rate"] for r in good]
+    summary.spread = (min(main), max(main))
     summary.operation_rate = per(lambda r: r["operation_rate"])
     if all("latency" in r for r in good):
         summary.p50 = per(lambda r: r["latency"]["p50"])
@@ -527,10 +530,23 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
     add(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['system']}")
     add(f"- Server: valkey-server {result['server_version']}, private, no persistence, loopback")
     git = result["git"]
-    dirty = f" plus uncommitted changes to {len(git['src_changes'])} file(s) in src/" * bool(
+    dirty = f" with {len(git['src_changes'])} uncommitted change(s) under src/" * bool(
         git["src_changes"]
     )
-    add(f"- This tree: {git['commit'][:12]}{dirty}")
+    if "measured" not in result:  # runs before the package was measured as a wheel
+        add(
+            "- This package: the working tree installed editable, as it was at each "
+            f"measurement; when the run ended: {git['commit'][:12]}{dirty}"
+        )
+    else:
+        add(f"- This package: {result['measured']}")
+    if "git_after" in result and result["git"] != result["git_after"]:
+        add("- The working tree changed during the run (the measured wheel did not)")
+    if "load_before" in result:
+        add(
+            f"- Load average when the run started: {result['load_before']:.2f} "
+            "(other work on the machine makes rounds differ)"
+        )
     for venv, environment in result["environments"].items():
         add(f"- `{venv}`: Python {environment.get('python')}, {package_line(environment)}")
     add(
@@ -571,46 +587,47 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
         grouped = workload.key.startswith("group")
         if workload.key == "ping-pong":
             add(
-                "| layer | ping-pongs/s | x peer | p50 ms | p99 ms | p99 x peer "
+                "| layer | ping-pongs/s | rounds | x peer | p50 ms | p99 ms | p99 x peer "
                 "| commands/msg | round trips/msg | ok runs |"
             )
-            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         elif grouped:
             add(
-                "| layer | deliveries/s | x peer | group_send call ms (p50) "
+                "| layer | deliveries/s | rounds | x peer | group_send call ms (p50) "
                 "| sender round trips/group_send | round trips/group_send (all) "
                 "| commands/group_send | ok runs |"
             )
-            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         else:
             add(
-                "| layer | msgs/s | x peer | % of ceiling | commands/msg | round trips/msg "
-                "| ok runs |"
+                "| layer | msgs/s | rounds | x peer | % of ceiling | commands/msg "
+                "| round trips/msg | ok runs |"
             )
-            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for layer in layers_here:
             s = table[layer.key]
             peer = table.get(layer.peer)
             name = f"**{layer.key}**" if layer.key.startswith("ours") else layer.key
             x = fmt_ratio(ratio(s.rate, peer.rate if peer else None))
             ok = f"{s.ok}/{s.runs}"
+            spread = f"{fmt(s.spread[0])}-{fmt(s.spread[1])}" if s.spread else "-"
             if workload.key == "ping-pong":
                 x99 = fmt_ratio(ratio(s.p99, peer.p99 if peer else None))
                 add(
-                    f"| {name} | {fmt(s.operation_rate)} | {x} | {fmt(s.p50, 2, 1000)} "
+                    f"| {name} | {fmt(s.operation_rate)} | {spread} | {x} | {fmt(s.p50, 2, 1000)} "
                     f"| {fmt(s.p99, 2, 1000)} | {x99} | {fmt(s.commands, 2)} "
                     f"| {fmt(s.round_trips, 2)} | {ok} |"
                 )
             elif grouped:
                 add(
-                    f"| {name} | {fmt(s.rate)} | {x} | {fmt(s.p50, 2, 1000)} "
+                    f"| {name} | {fmt(s.rate)} | {spread} | {x} | {fmt(s.p50, 2, 1000)} "
                     f"| {fmt(s.sender_round_trips, 2)} | {fmt(s.round_trips_per_operation, 2)} "
                     f"| {fmt(s.commands_per_operation, 1)} | {ok} |"
                 )
             else:
                 share = ratio(s.rate, reference)
                 add(
-                    f"| {name} | {fmt(s.rate)} | {x} | {fmt(share, 0, 100)}% "
+                    f"| {name} | {fmt(s.rate)} | {spread} | {x} | {fmt(share, 0, 100)}% "
                     f"| {fmt(s.commands, 2)} | {fmt(s.round_trips, 2)} | {ok} |"
                 )
         for layer in layers_here:
@@ -678,7 +695,8 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
     )
     add(
         "- ping-pong p50/p99: the time from sending a ping to receiving its pong. group_send "
-        "p50: the time one `group_send` call takes."
+        "p50: the time one `group_send` call takes. `rounds`: the lowest and highest round "
+        "of the first number."
     )
     add("")
     return "\n".join(lines)
@@ -686,8 +704,12 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="the server to use, redis://host:port (bench/run sets it)")
     parser.add_argument(
-        "--url", required=True, help="the server to use, redis://host:port (bench/run sets it)"
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="print the Markdown report of an earlier run's results and exit",
     )
     parser.add_argument(
         "--venvs", type=Path, default=BENCH / ".venvs", help="default: bench/.venvs"
@@ -715,7 +737,19 @@ def main() -> int:
         help="comma-separated subset of: " + ", ".join(layer.key for layer in LAYERS),
     )
     parser.add_argument("--no-save", action="store_true", help="print, do not write results")
+    parser.add_argument(
+        "--measured",
+        default="working tree as installed in the venvs",
+        help="what build of this package is measured (bench/run sets it)",
+    )
     options = parser.parse_args()
+    if options.render:
+        earlier = json.loads(options.render.read_text())
+        measured = [Layer(**layer) for layer in earlier["layers"]]
+        print(markdown(earlier, summarise_all(earlier["records"], measured)[0]))
+        return 0
+    if not options.url:
+        parser.error("--url is required")
     if options.quick:
         options.rounds, options.seconds, options.warmup = 1, 0.5, 0.2
     options.workloads = [w.strip() for w in options.workloads.split(",") if w.strip()]
@@ -728,6 +762,8 @@ def main() -> int:
         parser.error(f"unknown layers: {', '.join(sorted(unknown))}")
 
     started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()[0]
+    git_before = git_state()
     layers, skipped = [], {}
     for layer in LAYERS:
         if wanted and layer.key not in wanted:
@@ -750,7 +786,10 @@ def main() -> int:
         },
         "machine": machine(),
         "server_version": server_version(options.url),
-        "git": git_state(),
+        "measured": options.measured,
+        "git": git_before,
+        "git_after": git_state(),
+        "load_before": load_before,
         "environments": environments(records),
         "layers": [asdict(layer) for layer in layers],
         "skipped": skipped,
