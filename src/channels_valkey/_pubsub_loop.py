@@ -125,7 +125,10 @@ class LoopLayer:
     # --- connection notices --------------------------------------------------------------
 
     def _down(self, index: int, names: list[str]) -> None:
-        channels = self.state.affected(names)
+        """Tell each concerned channel once, even if reconnecting fails and drops again."""
+        channels = self.state.affected(names) - self._missed[index]
+        if not channels:
+            return
         self._missed[index] |= channels
         logger.warning(
             "Lost the pub/sub connection to %s: %d local channel(s) miss messages until it is back",

@@ -65,11 +65,13 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class _Link:
     """One connection as long as it works: what was sent on it and whether it is caught up."""
 
-    __slots__ = ("connection", "pinged", "tracker", "up")
+    __slots__ = ("connection", "pinged", "subscribed", "tracker", "up")
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
         self.tracker = ReplyTracker()
+        #: The server confirmed a subscription on this connection: losing it can lose messages.
+        self.subscribed = False
         #: Every wanted name is confirmed on this connection.
         self.up = False
         #: A keepalive PING is unanswered.
@@ -279,6 +281,7 @@ class Subscriber:
                 self._on_message(parsed.name, parsed.payload)
             elif isinstance(parsed, Answer):
                 link.tracker.answered(parsed)
+                link.subscribed = link.subscribed or parsed.kind == SUBSCRIBE
 
     def _refused(self, op: Op, error: ResponseError) -> None:
         logger.error("%s refused %s %s: %s", self.server.describe(), op.kind, op.name, error)
@@ -307,7 +310,7 @@ class Subscriber:
         if self._link is link:
             self._link = None
             self._outbox.clear()
-        if notify and link.up and self._wanted:  # with no subscription, nothing was missed
+        if notify and link.subscribed and self._wanted:
             self._missed = True
             self._on_down(list(self._wanted))
         await link.connection.disconnect()
