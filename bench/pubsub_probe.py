@@ -105,13 +105,15 @@ async def idle_cpu(layer: Any, channels: int, seconds: float) -> float:
 # --- 2. latency ----------------------------------------------------------------------------
 
 
-async def latency(sender: Any, receiver: Any, messages: int) -> list[float]:
-    """Microseconds from just before ``send()`` to ``receive()`` returning, one at a time."""
+async def latency(sender: Any, receiver: Any, messages: int) -> tuple[list[float], float]:
+    """Microseconds from just before ``send()`` to ``receive()`` returning, one at a time;
+    and the process's CPU microseconds per message (both ends run in this process)."""
     channel = await receiver.new_channel()
     for _ in range(200):  # warm-up: connections, code paths
         await sender.send(channel, {"type": "warm"})
         await receiver.receive(channel)
     samples: list[float] = []
+    cpu_before = cpu_seconds()
     for _ in range(messages):
         waiting = asyncio.create_task(receiver.receive(channel))
         await asyncio.sleep(0)  # the consumer waits, as a real one does
@@ -119,7 +121,7 @@ async def latency(sender: Any, receiver: Any, messages: int) -> list[float]:
         await sender.send(channel, {"type": "probe"})
         await waiting
         samples.append((time.perf_counter() - started) * 1e6)
-    return samples
+    return samples, (cpu_seconds() - cpu_before) / messages * 1e6
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -236,22 +238,24 @@ async def main(args: argparse.Namespace) -> None:
             ValkeyPubSubChannelLayer(hosts=[url]),
             ValkeyPubSubChannelLayer(hosts=[url]),
         )
-        samples = await latency(sender, receiver, args.messages)
+        samples, cpu = await latency(sender, receiver, args.messages)
         await close(sender)
         await close(receiver)
         print(
             f"2. publish -> receive latency, {args.messages} messages one at a time: "
             f"p50 {percentile(samples, 0.5):.0f} us, p99 {percentile(samples, 0.99):.0f} us, "
-            f"max {max(samples):.0f} us (mean {statistics.fmean(samples):.0f} us)"
+            f"max {max(samples):.0f} us (mean {statistics.fmean(samples):.0f} us); "
+            f"CPU {cpu:.0f} us per message, both ends"
         )
         if compare:
             sender, receiver = their_layer(address), their_layer(address)
-            samples = await latency(sender, receiver, args.messages)
+            samples, cpu = await latency(sender, receiver, args.messages)
             await close(sender)
             await close(receiver)
             print(
                 f"   channels_redis RedisPubSubChannelLayer, same: "
-                f"p50 {percentile(samples, 0.5):.0f} us, p99 {percentile(samples, 0.99):.0f} us"
+                f"p50 {percentile(samples, 0.5):.0f} us, p99 {percentile(samples, 0.99):.0f} us; "
+                f"CPU {cpu:.0f} us per message"
             )
 
         if args.cycles:
