@@ -73,7 +73,7 @@ class LoopLayer:
 
     async def open(self, channel: str) -> None:
         """Make ``channel`` local and return once the server confirmed its subscription."""
-        inbox, _ = self.state.open(channel)
+        inbox = self.state.open(channel)
         try:
             await self.subscribers[self._index(channel)].subscribe(channel)
         except BaseException:
@@ -87,7 +87,7 @@ class LoopLayer:
         Leaving by an exception (a cancelled ``receive()``: the consumer went away) frees the
         channel, unless another ``receive()`` still waits on it.
         """
-        inbox, _ = self.state.open(channel)
+        inbox = self.state.open(channel)
         inbox.receivers += 1
         try:
             await self.subscribers[self._index(channel)].subscribe(channel)

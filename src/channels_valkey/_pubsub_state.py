@@ -148,13 +148,12 @@ class LocalState:
     def inbox(self, channel: str) -> Inbox | None:
         return self._channels.get(channel)
 
-    def open(self, channel: str) -> tuple[Inbox, bool]:
-        """The inbox of ``channel``, created if needed; ``True`` when it is new."""
+    def open(self, channel: str) -> Inbox:
+        """The inbox of ``channel``, created if needed."""
         inbox = self._channels.get(channel)
-        if inbox is not None:
-            return inbox, False
-        inbox = self._channels[channel] = Inbox(self._capacity)
-        return inbox, True
+        if inbox is None:
+            inbox = self._channels[channel] = Inbox(self._capacity)
+        return inbox
 
     def free(self, channel: str) -> list[str]:
         """Forget ``channel`` and its memberships; returns the pub/sub names no longer needed."""

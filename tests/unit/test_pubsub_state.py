@@ -117,8 +117,8 @@ def test_join_and_leave_report_membership_changes() -> None:
 
 async def test_deliver_routes_to_channels_and_group_members() -> None:
     state = LocalState(capacity=10, drops=Drops())
-    a, _ = state.open("a")
-    b, _ = state.open("b")
+    a = state.open("a")
+    b = state.open("b")
     state.join("g", "a")
     state.join("g", "b")
     state.deliver("a", b"direct")
@@ -145,8 +145,8 @@ def test_full_inboxes_count_drops_and_log_once(caplog: pytest.LogCaptureFixture)
 
 async def test_affected_and_notify_reach_channels_and_members_still_local() -> None:
     state = LocalState(capacity=10, drops=Drops())
-    a, _ = state.open("a")
-    b, _ = state.open("b")
+    a = state.open("a")
+    b = state.open("b")
     state.open("c")
     state.join("g", "b")
     assert state.affected(["a", "g", "unknown"]) == {"a", "b"}
@@ -158,7 +158,7 @@ async def test_affected_and_notify_reach_channels_and_members_still_local() -> N
 
 async def test_clear_fails_waiting_receivers() -> None:
     state = LocalState(capacity=10, drops=Drops())
-    a, _ = state.open("a")
+    a = state.open("a")
     waiting = asyncio.ensure_future(a.get())
     await asyncio.sleep(0)
     state.clear(ChannelClosed("flushed"))
