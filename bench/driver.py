@@ -256,6 +256,47 @@ def describe(record: dict[str, Any]) -> str:
     return text
 
 
+def profile(options: argparse.Namespace, layer: Layer, stamp: str) -> int:
+    """Record each workload of ``--profile`` on ``layer`` with py-spy: an SVG flame graph and a
+    text summary (``profile_summary.py``) in ``<results>/profiles/``."""
+    from profile_summary import summarise
+
+    folder = options.results / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = layer.key.replace(" ", "-").replace("+", "-")
+    failed = 0
+    for workload in options.profile:
+        base = folder / f"{stamp}-{name}-{workload}"
+        outputs = ((base.with_suffix(".svg"), "flamegraph"), (base.with_suffix(".raw"), "raw"))
+        for output, kind in outputs:
+            reset_server(options.url)
+            # --nonblocking: stopping the process for each sample (py-spy's default) makes
+            # samples land on system calls far more often than the time spent there.
+            command: list[str | Path] = [options.py_spy, "record", "--nonblocking", "--idle"]
+            command += ["--rate", "200"]
+            command += ["--format", kind, "--output", output, "--"]
+            command += [python_of(options.venvs, layer.venv), WORKLOAD, "measure"]
+            command += ["--url", options.url, "--layer", layer.path, "--kind", layer.kind]
+            command += ["--workload", workload, "--seconds", str(options.seconds)]
+            command += ["--warmup", str(options.warmup)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                log(f"profiling {workload} failed:\n{done.stderr[-2000:]}")
+                failed += 1
+                break
+        else:
+            raw = base.with_suffix(".raw")
+            base.with_suffix(".txt").write_text(
+                f"py-spy, {layer.key} ({layer.path}), {workload}, {options.seconds} s measured "
+                f"after a {options.warmup} s warm-up; {options.measured}\n\n"
+                + summarise(raw, 30, label=f"{workload} on {layer.key}")
+                + "\n"
+            )
+            raw.unlink()
+            log(f"wrote {base}.svg and .txt")
+    return 1 if failed else 0
+
+
 def run_all(options: argparse.Namespace, layers: list[Layer]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     workloads = [w for w in WORKLOADS if w.key in options.workloads]
@@ -738,6 +779,17 @@ def main() -> int:
     )
     parser.add_argument("--no-save", action="store_true", help="print, do not write results")
     parser.add_argument(
+        "--profile",
+        default="",
+        metavar="WORKLOADS",
+        help="instead of the benchmark, record these workloads (comma-separated) on "
+        "--profile-layer with py-spy into <results>/profiles/",
+    )
+    parser.add_argument(
+        "--profile-layer", default="ours", help="the layer to profile; default: ours"
+    )
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy command")
+    parser.add_argument(
         "--measured",
         default="working tree as installed in the venvs",
         help="what build of this package is measured (bench/run sets it)",
@@ -756,6 +808,16 @@ def main() -> int:
     unknown = set(options.workloads) - set(WORKLOAD_KEYS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    options.profile = [w.strip() for w in options.profile.split(",") if w.strip()]
+    unknown = set(options.profile) - set(WORKLOAD_KEYS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if options.profile:
+        chosen = [layer for layer in LAYERS if layer.key == options.profile_layer]
+        if not chosen:
+            parser.error(f"unknown layer: {options.profile_layer}")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return profile(options, chosen[0], stamp)
     wanted = {k.strip() for k in options.layers.split(",") if k.strip()}
     unknown = wanted - {layer.key for layer in LAYERS}
     if unknown:
