@@ -26,7 +26,7 @@ from typing import Any, cast
 from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
 from valkey.asyncio.connection import SSLConnection
 from valkey.asyncio.sentinel import SentinelConnectionPool
-from valkey.exceptions import NoPermissionError, ResponseError
+from valkey.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from ._cli_links import (
     FAILURES,
@@ -135,6 +135,10 @@ async def _round_trip(link: Link, report: NodeReport) -> bool:
     """Connect with a first PING, then time a few; ``False`` when the server is unreachable."""
     try:
         await link.call("PING")
+    except AuthenticationError as error:  # a ConnectionError: the server answered, though
+        report.reachable = True
+        report.problems.append(f"cannot log in: {describe_error(error)}")
+        return False
     except UNREACHABLE as error:
         report.problems.append(f"cannot connect: {describe_error(error)}")
         return False

@@ -203,6 +203,16 @@ def test_check_refuses_keys_outside_the_users_key_patterns(
     assert code == 0, out
 
 
+def test_check_with_a_wrong_password(
+    valkey_server: ValkeyServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"valkey://nobody:wrong@{valkey_server.host}:{valkey_server.port}"
+    code, out, _ = run_cli(capsys, "check", "--hosts", url)
+    assert code == 1
+    assert "cannot log in: invalid username-password pair" in out
+    assert "wrong" not in out
+
+
 def test_check_without_acl_dryrun_warns(acl_user: Any, capsys: pytest.CaptureFixture[str]) -> None:
     url = acl_user("~*", "&*", "+@all", "-acl|dryrun")
     code, out, _ = run_cli(capsys, "check", "--hosts", url)
