@@ -637,6 +637,12 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
     add = lines.append
     add(f"# Channel layer benchmark, {result['started']}")
     add("")
+    if result.get("pooled"):
+        add(
+            "Rounds pooled from several runs: each ratio is still taken within one round, "
+            "but the runs may have measured different versions of this package."
+        )
+        add("")
     m = result["machine"]
     add(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['system']}")
     add(f"- Server: valkey-server {result['server_version']}, private, no persistence, loopback")
@@ -813,14 +819,47 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
     return "\n".join(lines)
 
 
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result holding the rounds of several runs (numbered on), described by the last."""
+    if len(results) == 1:
+        return results[0]
+    pooled = dict(results[-1])
+    records: list[dict[str, Any]] = []
+    layers: dict[str, dict[str, Any]] = {}
+    environments: dict[str, Any] = {}
+    offset = 0
+    for result in results:
+        for record in result["records"]:
+            records.append({**record, "round": record["round"] + offset})
+        offset += result["options"]["rounds"]
+        layers.update((layer["key"], layer) for layer in result["layers"])
+        environments.update(result["environments"])
+    pooled.update(
+        records=records,
+        layers=[layers[layer.key] for layer in LAYERS if layer.key in layers],
+        environments=environments,
+        skipped={},
+        options={**pooled["options"], "rounds": offset},
+        started=" + ".join(result["started"] for result in results),
+        measured="; ".join(
+            str(result.get("measured", f"working tree near {result['git']['commit'][:12]}"))
+            for result in results
+        ),
+        pooled=True,
+    )
+    return pooled
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="the server to use, redis://host:port (bench/run sets it)")
     parser.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="print the Markdown report of an earlier run's results and exit",
+        help="print the Markdown report of an earlier run's results and exit; given several "
+        "runs, pool their rounds into one report",
     )
     parser.add_argument(
         "--venvs", type=Path, default=BENCH / ".venvs", help="default: bench/.venvs"
@@ -866,9 +905,10 @@ def main() -> int:
     )
     options = parser.parse_args()
     if options.render:
-        earlier = json.loads(options.render.read_text())
+        earlier = pool([json.loads(path.read_text()) for path in options.render])
         measured = [Layer(**layer) for layer in earlier["layers"]]
-        print(markdown(earlier, summarise_all(earlier["records"], measured)[0]))
+        earlier["summary"], earlier["ceilings"] = summarise_all(earlier["records"], measured)
+        print(markdown(earlier, earlier["summary"]))
         return 0
     if not options.url:
         parser.error("--url is required")
