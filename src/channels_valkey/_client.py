@@ -8,6 +8,7 @@ typed ``Any`` leaves this module: callers get ``bool``, ``int``, ``list[str]``..
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,28 @@ def default_retry() -> Retry:
     )
 
 
+#: Connection defaults for networks that drop idle connections (managed Valkey services,
+#: load balancers, NAT): TCP keepalive probes after a minute of silence, a PING before using a
+#: connection idle for 30 s, and a bounded connect so an unreachable host fails in seconds.
+#: Each can be overridden in the host's options.
+MANAGED_DEFAULTS: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        option: value
+        for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+        if (option := getattr(socket, name, None)) is not None
+    },
+    "health_check_interval": 30,
+    "socket_connect_timeout": 5,
+}
+
+
+def _is_unix_socket(host: Host) -> bool:
+    if not isinstance(host, ServerHost):
+        return False
+    return (host.url or "").startswith("unix:") or "path" in host.kwargs
+
+
 def connection_kwargs(host: Host) -> dict[str, Any]:
     """The user's connection options, with the layer's defaults for what they left out."""
     kwargs = dict(host.kwargs)
@@ -74,6 +97,10 @@ def connection_kwargs(host: Host) -> dict[str, Any]:
             f"{host.describe()}: decode_responses must stay off, messages are binary"
         )
     kwargs["decode_responses"] = False
+    for option, value in MANAGED_DEFAULTS.items():
+        if option.startswith("socket_keepalive") and _is_unix_socket(host):
+            continue  # no TCP under a unix socket
+        kwargs.setdefault(option, value)
     kwargs.setdefault("retry", default_retry())
     kwargs.setdefault("retry_on_error", list(TRANSIENT_ERRORS))
     return kwargs
@@ -161,7 +188,9 @@ class QueueServer(Protocol):
 
     async def delete_matching(self, pattern: str) -> int: ...
 
-    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection: ...
+    async def reader_connection(
+        self, queue: str, *, after: Exception | None
+    ) -> AbstractConnection: ...
 
     async def aclose(self) -> None: ...
 
@@ -279,7 +308,7 @@ class Shard:
         connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
         return connection
 
-    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection:
+    async def reader_connection(self, queue: str, *, after: Exception | None) -> AbstractConnection:
         """A connection for the reader of ``queue``: the same server whatever the queue."""
         return self.blocking_connection()
 

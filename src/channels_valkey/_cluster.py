@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from valkey.asyncio.cluster import ClusterNode, PipelineCommand, ValkeyCluster
 from valkey.asyncio.connection import AbstractConnection
-from valkey.exceptions import AskError, NoScriptError
+from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
 from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, ReplicaWait, connection_kwargs
@@ -42,6 +42,10 @@ def build_cluster(host: ClusterHost) -> ValkeyCluster:
     # delay its own recovery, which reloads the slot map.
     kwargs.pop("retry", None)
     kwargs.pop("retry_on_error", None)
+    # Follow MOVED by patching the slot map, never by valkey-py's periodic full reload: a
+    # reload closes the connections of commands in flight, which valkey-py then resends, so a
+    # message could be queued twice while slots move.
+    kwargs.setdefault("reinitialize_steps", 0)
     nodes = [ClusterNode(node_host, port) for node_host, port in host.startup_nodes]
     return ValkeyCluster(startup_nodes=nodes, **kwargs)
 
@@ -217,10 +221,18 @@ class ClusterShard:
             if int(cursor) == 0:
                 return deleted
 
-    async def reader_connection(self, queue: str, *, after_error: bool) -> AbstractConnection:
-        """A connection to the node serving ``queue``; after an error, the slot map is read
-        again first (the slot may have moved, or a replica taken over)."""
-        if after_error:
+    async def reader_connection(self, queue: str, *, after: Exception | None) -> AbstractConnection:
+        """A connection to the node serving ``queue``.
+
+        After ``MOVED`` it goes straight to the node the error names. After other errors (a
+        failover) the slot map is read again first. A full reload replaces valkey-py's node
+        objects and closes their connections under any command in flight, which valkey-py
+        then sends again: a message could be queued twice. So it is done only when the map
+        must have changed, never for a moved slot.
+        """
+        if isinstance(after, MovedError):
+            return self._connection_to(after.host, int(after.port))
+        if after is not None:
             await self._refresh()
         else:
             await self.client.initialize()
@@ -230,5 +242,15 @@ class ClusterShard:
         connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
         return connection
 
+    def _connection_to(self, host: str, port: int) -> AbstractConnection:
+        node = self.client.get_node(host=host, port=port) or self.client.get_default_node()
+        kwargs = {**node.connection_kwargs, "host": host, "port": port}
+        connection: AbstractConnection = node.connection_class(**kwargs)
+        return connection
+
     async def aclose(self) -> None:
         await self.client.aclose()
+        # valkey-py skips its own close while a reload is pending (after a connection error);
+        # disconnecting the nodes again is harmless and leaves no socket open.
+        await self.client.nodes_manager.aclose()
+        await self.client.nodes_manager.aclose("startup_nodes")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import MovedError
 
 from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
@@ -108,15 +109,18 @@ class QueueReader:
     async def _run(self) -> None:
         connection: AbstractConnection | None = None
         failing_since: float | None = None
+        last_error: Exception | None = None
         try:
             while not self._stopping and await self._still_wanted():
                 if connection is None:
-                    connection = await self._connect(after_error=failing_since is not None)
+                    connection = await self._connect(last_error)
                 try:
                     batch = await self._pop(connection)
                 except REDIRECT_ERRORS as error:
                     await connection.disconnect()
-                    connection = None
+                    connection, last_error = None, error
+                    if isinstance(error, MovedError):
+                        continue  # the slot moved: follow it at once, nothing is wrong
                     failing_since = failing_since or time.monotonic()
                     if not await self._back_off(failing_since, error):
                         return
@@ -124,15 +128,15 @@ class QueueReader:
                 except Exception as error:  # a server refusal: retrying would not help
                     self._fail(error)
                     return
-                failing_since = None
+                failing_since = last_error = None
                 if batch:
                     await self._deliver(batch)
         finally:
             if connection is not None:
                 await connection.disconnect()
 
-    async def _connect(self, *, after_error: bool) -> AbstractConnection:
-        connection = await self.shard.reader_connection(self.queue, after_error=after_error)
+    async def _connect(self, last_error: Exception | None) -> AbstractConnection:
+        connection = await self.shard.reader_connection(self.queue, after=last_error)
         # The server answers a blocking pop after `block` seconds at the latest; reading longer
         # than that (plus slack for a busy server) means the connection is dead.
         connection.socket_timeout = self._command[1] + 10

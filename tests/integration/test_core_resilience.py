@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -155,3 +156,21 @@ async def test_wait_for_replicas_without_a_replica_raises_not_replicated(
     assert await receive(layer, "unconfirmed") == {"type": "m"}  # queued all the same
     await layer.flush()
     await layer.close()
+
+
+async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) -> None:
+    """Managed services drop idle connections: TCP keepalive is on unless turned off."""
+    layers = [
+        ValkeyChannelLayer(hosts=[valkey_server.url]),
+        ValkeyChannelLayer(hosts=[{"address": valkey_server.url, "socket_keepalive": False}]),
+    ]
+    seen = []
+    for layer in layers:
+        await layer.send("keepalive", {"type": "m"})
+        shard = layer._loops.current().shards[0]
+        connection = shard.pool._available_connections[0]  # type: ignore[attr-defined]
+        sock = connection._writer.transport.get_extra_info("socket")
+        seen.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
+        await layer.flush()
+        await layer.close()
+    assert seen == [True, False]
