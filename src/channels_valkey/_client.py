@@ -172,7 +172,7 @@ class QueueServer(Protocol):
 
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
-    ) -> int: ...
+    ) -> list[int]: ...
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None: ...
 
@@ -254,13 +254,14 @@ class Shard:
 
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
-    ) -> int:
-        """Queue one payload on each ``(queue, capacity, payload)``; returns how many were full."""
+    ) -> list[int]:
+        """Queue one payload on each ``(queue, capacity, payload)``; returns the positions of
+        those that were full."""
         args: list[_scripts.Arg] = [repr(now), expiry]
         for _, capacity, payload in deliveries:
             args += [capacity, payload]
         full = await self._run(_scripts.SEND_MANY, [queue for queue, _, _ in deliveries], args)
-        return int(cast(int, full))
+        return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:
         await self._run(_scripts.GROUP_ADD, [group_key], [repr(time.time()), group_expiry, channel])

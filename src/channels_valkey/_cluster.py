@@ -137,18 +137,22 @@ class ClusterShard:
 
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
-    ) -> int:
-        by_slot: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-        for delivery in deliveries:
-            by_slot[self.client.keyslot(delivery[0])].append(delivery)
+    ) -> list[int]:
+        by_slot: dict[int, list[int]] = defaultdict(list)  # slot -> positions in deliveries
+        for position, (queue, _, _) in enumerate(deliveries):
+            by_slot[self.client.keyslot(queue)].append(position)
         calls = []
-        for batch in by_slot.values():
+        for positions in by_slot.values():
             args: list[Any] = [repr(now), expiry]
-            for _, capacity, payload in batch:
-                args += [capacity, payload]
-            calls.append(([queue for queue, _, _ in batch], args))
+            for position in positions:
+                args += [deliveries[position][1], deliveries[position][2]]
+            calls.append(([deliveries[position][0] for position in positions], args))
         results = await self._retrying(lambda: self._pipelined(_scripts.SEND_MANY, calls))
-        return sum(int(result) for result in results)
+        return [
+            positions[int(index) - 1]
+            for positions, full in zip(by_slot.values(), results, strict=True)
+            for index in full
+        ]
 
     async def _pipelined(
         self, script: _scripts.Script, calls: list[tuple[list[str], list[Any]]]

@@ -29,6 +29,7 @@ from valkey.exceptions import MovedError
 from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
 from .exceptions import ServerUnreachable
+from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class QueueReader:
         wanted: Callable[[], bool],
         deliver: Callable[[list[Popped]], Awaitable[None]],
         fail: Callable[[BaseException], None],
+        stats: StatsRecorder,
     ) -> None:
         self.shard = shard
         self.queue = queue
@@ -64,6 +66,7 @@ class QueueReader:
         self._wanted = wanted
         self._deliver = deliver
         self._fail = fail
+        self._stats = stats
         self._stopping = False
         self._linger = block
         self._wanted_again = asyncio.Event()
@@ -121,6 +124,7 @@ class QueueReader:
                     connection, last_error = None, error
                     if isinstance(error, MovedError):
                         continue  # the slot moved: follow it at once, nothing is wrong
+                    self._stats.disconnected(self)
                     failing_since = failing_since or time.monotonic()
                     if not await self._back_off(failing_since, error):
                         return
@@ -128,12 +132,15 @@ class QueueReader:
                 except Exception as error:  # a server refusal: retrying would not help
                     self._fail(error)
                     return
+                if failing_since is not None:
+                    self._stats.reconnected(self)
                 failing_since = last_error = None
                 if batch:
                     await self._deliver(batch)
         finally:
             if connection is not None:
                 await connection.disconnect()
+            self._stats.closed(self)
 
     async def _connect(self, last_error: Exception | None) -> AbstractConnection:
         connection = await self.shard.reader_connection(self.queue, after=last_error)

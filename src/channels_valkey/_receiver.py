@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._log import RateLimitedLog
+from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ Stamped = tuple[float, Message]
 
 
 class Mailbox:
-    def __init__(self, capacity_of: Callable[[str], int], expiry: int) -> None:
+    def __init__(
+        self, capacity_of: Callable[[str], int], expiry: int, stats: StatsRecorder | None = None
+    ) -> None:
         self._capacity_of = capacity_of
         self._expiry = expiry
         self._buffers: dict[str, deque[Stamped]] = {}
@@ -46,6 +49,7 @@ class Mailbox:
         self._waiting_on: Counter[str] = Counter()
         self._queue_of: dict[str, str] = {}
         self._drops = RateLimitedLog(logger)
+        self._stats = stats or StatsRecorder()
 
     def take(self, channel: str) -> Message | None:
         """A buffered message for ``channel`` that has not expired, if any."""
@@ -60,6 +64,7 @@ class Mailbox:
                 message = candidate
                 break
             logger.debug("Dropped a message for %s: older than expiry", channel)
+            self._stats.expired += 1
         if not buffer:
             del self._buffers[channel]
         return message
@@ -96,6 +101,7 @@ class Mailbox:
         """Hand ``message`` to a waiter, or buffer it when ``keep``; ``False`` if neither."""
         if sent_at < time.time() - self._expiry:
             logger.debug("Dropped a message for %s: older than expiry", channel)
+            self._stats.expired += 1
             return True
         if self._hand_to_waiter(channel, (sent_at, message)):
             return True
@@ -103,6 +109,7 @@ class Mailbox:
             return False
         buffer = self._buffers.setdefault(channel, deque())
         if len(buffer) >= self._capacity_of(channel):
+            self._stats.dropped_from_buffers += 1
             self._drops.warning(
                 "Dropped a message for %s: its receive buffer is full (capacity %d); "
                 "is its consumer still reading?",

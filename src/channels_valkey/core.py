@@ -38,6 +38,7 @@ from ._servers import check_server
 from ._sharding import shard_index
 from .exceptions import ConfigurationError
 from .serializers import registry
+from .stats import LayerStats, StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
-        self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry)
+        self._stats = StatsRecorder()
+        self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry, self._stats)
         self._normal_shards = itertools.cycle(range(self.ring_size))
         self._loops = LoopRegistry(self.config.hosts)
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
@@ -138,6 +140,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def ring_size(self) -> int:
         return len(self.config.hosts)
 
+    def stats(self) -> LayerStats:
+        """A snapshot of this layer's counters (see :mod:`channels_valkey.stats`)."""
+        return self._stats.snapshot()
+
     def get_capacity(self, channel: str) -> int:
         return self.config.capacity_of(channel)
 
@@ -165,7 +171,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._replica_wait,
         )
         if not queued:
+            self._stats.channel_full += 1
             raise ChannelFull(channel)
+        self._stats.messages_sent += 1
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``.
@@ -181,6 +189,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         try:
             message = self._mailbox.take(channel)
             if message is not None:
+                self._stats.messages_received += 1
                 return message
             queue = self._keys.queue(channel)
             future = self._mailbox.wait(channel, queue)
@@ -191,6 +200,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._mailbox.done_waiting(channel, queue, future, returned=False)
                 raise
             self._mailbox.done_waiting(channel, queue, future, returned=True)
+            self._stats.messages_received += 1
             return message
         finally:
             self._leave_receive()
@@ -235,7 +245,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             )
             for index, writes in plan.items()
         ]
-        full = sum(await asyncio.gather(*sends))
+        full = 0
+        for writes, skipped in zip(plan.values(), await asyncio.gather(*sends), strict=True):
+            full += sum(len(writes[i].local_channels) or 1 for i in skipped)
+        self._stats.group_sends += 1
+        self._stats.group_deliveries += len(members) - full
+        self._stats.group_members_full += full
         if full:
             logger.info("%d of %d channels in group %s were full", full, len(members), group)
 
@@ -328,6 +343,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 wanted=partial(self._mailbox.wanted, queue),
                 deliver=deliver,
                 fail=partial(self._mailbox.fail, queue),
+                stats=self._stats,
             )
             resources.add_reader(index, reader)
 

@@ -4,10 +4,11 @@
 -- ARGV[2]        expiry in seconds
 -- ARGV[2i+1]     the capacity of the i-th queue
 -- ARGV[2i+2]     the message for the i-th queue
--- Returns        how many queues were full (their message was skipped).
+-- Returns        the indexes (1-based) of the queues that were full: their message was
+--                skipped.
 local now = tonumber(ARGV[1])
 local expiry = tonumber(ARGV[2])
-local full = 0
+local full = {}
 for i, queue in ipairs(KEYS) do
   local capacity = tonumber(ARGV[2 * i + 1])
   local count = redis.call('ZCARD', queue)
@@ -19,7 +20,7 @@ for i, queue in ipairs(KEYS) do
     redis.call('ZADD', queue, ARGV[1], ARGV[2 * i + 2])
     redis.call('EXPIRE', queue, expiry)
   else
-    full = full + 1
+    full[#full + 1] = i
   end
 end
 return full
