@@ -90,11 +90,11 @@ async def test_sentinel_failover_keeps_the_same_layer_working(
     for n in range(5):
         await layer.send(local, {"type": "m", "n": n})
         assert (await receive(layer, local))["n"] == n
-    waiting = asyncio.create_task(receive(layer, local))
+    waiting = asyncio.create_task(layer.receive(local))
     await asyncio.to_thread(group.failover_by_killing_primary)
     # The same layer object sends to the promoted replica and its reader finds it there.
     await layer.send(local, {"type": "m", "n": 5})
-    assert (await waiting)["n"] == 5
+    assert (await asyncio.wait_for(waiting, RECEIVE_TIMEOUT))["n"] == 5
     for n in range(6, 20):
         await layer.send("after.failover", {"type": "m", "n": n})
     assert [(await receive(layer, "after.failover"))["n"] for _ in range(6, 20)] == list(
