@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from ._client import QueueServer
 from ._hosts import Host
@@ -87,12 +88,15 @@ class LoopRegistry:
         loop = asyncio.get_running_loop()
         resources = self._by_loop.get(loop)
         if resources is None:
-            resources = LoopResources(self._hosts, lambda: self._forget(loop))
+            # A weak reference: the entry must not keep its own key (the loop) alive.
+            resources = LoopResources(self._hosts, partial(self._forget, weakref.ref(loop)))
             self._by_loop[loop] = resources
         return resources
 
-    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._by_loop.pop(loop, None)
+    def _forget(self, loop: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        alive = loop()
+        if alive is not None:
+            self._by_loop.pop(alive, None)
 
     async def close_current(self) -> None:
         resources = self._by_loop.get(asyncio.get_running_loop())

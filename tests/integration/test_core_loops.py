@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -60,3 +61,20 @@ def test_receive_on_two_loops_at_once_is_refused(valkey_server: ValkeyServer) ->
     async_to_sync(layer.send)("first", {"type": "done"})
     thread.join(10)
     assert result == [{"type": "done"}]
+
+
+def test_finished_event_loops_are_not_kept_alive(valkey_server: ValkeyServer) -> None:
+    """A layer used from many short-lived loops (async_to_sync) must not pile them up."""
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url])
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def send_and_note_loop() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        await layer.send("short.lived", {"type": "m"})
+
+    for _ in range(5):
+        asyncio.run(send_and_note_loop())
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 5
+    async_to_sync(layer.flush)()
