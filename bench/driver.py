@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from resp import RespClient  # noqa: E402
+from resp import RespClient, nodes_of  # noqa: E402
 
 WORKLOAD = BENCH / "workload.py"
 
@@ -179,36 +179,53 @@ def available(venvs: Path, layer: Layer) -> str | None:
     return None
 
 
+def primaries_of(url: str) -> list[tuple[str, int]]:
+    """The servers behind ``url`` that hold data: the server, or a cluster's primaries."""
+    found = []
+    for host, port in nodes_of(url):
+        with RespClient(host, port) as client:
+            if client.info("replication").get("role") != "slave":
+                found.append((host, port))
+    return found
+
+
 def reset_server(url: str) -> None:
-    with RespClient.from_url(url) as client:
-        client.command("FLUSHALL")
-        client.command("CONFIG", "RESETSTAT")
+    """Flush every primary and reset every node's statistics."""
+    primaries = primaries_of(url)
+    for host, port in nodes_of(url):
+        with RespClient(host, port) as client:
+            if (host, port) in primaries:
+                client.command("FLUSHALL")
+            client.command("CONFIG", "RESETSTAT")
 
 
 def leftover_messages(url: str) -> int:
-    """Messages still queued: members of sorted sets that are neither groups nor our own keys.
+    """Messages still queued (on every primary): members of sorted sets that are neither
+    groups nor our own keys.
 
     channels_redis keeps a receive's message in ``<queue>$inflight`` until it is processed, so
     those count as left over; other keys with ``$`` (wake keys) and groups do not.
     """
     total = 0
-    with RespClient.from_url(url) as client:
-        cursor: Any = b"0"
-        while True:
-            reply = client.command("SCAN", cursor, "COUNT", 1000)
-            assert isinstance(reply, list)
-            cursor, keys = reply[0], reply[1]
-            assert isinstance(keys, list)
-            for key in keys:
-                assert isinstance(key, bytes)
-                if b":group:" in key or (b"$" in key and not key.endswith(b"$inflight")):
-                    continue
-                if client.text("TYPE", key) == "zset":
-                    count = client.command("ZCARD", key)
-                    assert isinstance(count, int)
-                    total += count
-            if cursor in (b"0", 0, "0"):
-                return total
+    for host, port in primaries_of(url):
+        with RespClient(host, port) as client:
+            cursor: Any = b"0"
+            while True:
+                reply = client.command("SCAN", cursor, "COUNT", 1000)
+                assert isinstance(reply, list)
+                cursor, keys = reply[0], reply[1]
+                assert isinstance(keys, list)
+                for key in keys:
+                    assert isinstance(key, bytes)
+                    if b":group:" in key or (b"$" in key and not key.endswith(b"$inflight")):
+                        continue
+                    if client.text("TYPE", key) == "zset":
+                        count = client.command("ZCARD", key)
+                        assert isinstance(count, int)
+                        total += count
+                if cursor in (b"0", 0, "0"):
+                    break
+    return total
 
 
 def run_json(command: list[str | Path], timeout: float) -> dict[str, Any]:
@@ -498,7 +515,7 @@ def machine() -> dict[str, Any]:
 
 
 def server_version(url: str) -> str:
-    with RespClient.from_url(url) as client:
+    with RespClient(*nodes_of(url)[0]) as client:
         info = client.info("server")
     return info.get("valkey_version") or info.get("redis_version") or "unknown"
 
@@ -879,7 +896,10 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 0.5 s measurements")
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOAD_KEYS), help="comma-separated subset"
+        "--workloads",
+        default="",
+        help="comma-separated subset (default: all; with --cluster also spread-24, "
+        "spread-24-4proc)",
     )
     parser.add_argument(
         "--layers",
@@ -899,13 +919,31 @@ def main() -> int:
     )
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy command")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead of the benchmark, run our core layer on the --url server and on private "
+        "clusters of --primaries primaries (see cluster_bench.py); writes "
+        "<results>/cluster-<UTC>.{json,md}",
+    )
+    parser.add_argument(
+        "--primaries",
+        default="1,3",
+        help="with --cluster: the clusters' sizes, comma-separated; default: 1,3",
+    )
+    parser.add_argument(
         "--measured",
         default="working tree as installed in the venvs",
         help="what build of this package is measured (bench/run sets it)",
     )
     options = parser.parse_args()
     if options.render:
-        earlier = pool([json.loads(path.read_text()) for path in options.render])
+        loaded = [json.loads(path.read_text()) for path in options.render]
+        if "topologies" in loaded[0]:  # a --cluster run
+            from cluster_bench import markdown as cluster_markdown
+
+            print(cluster_markdown(loaded[0]))
+            return 0
+        earlier = pool(loaded)
         measured = [Layer(**layer) for layer in earlier["layers"]]
         earlier["summary"], earlier["ceilings"] = summarise_all(earlier["records"], measured)
         print(markdown(earlier, earlier["summary"]))
@@ -915,6 +953,16 @@ def main() -> int:
     if options.quick:
         options.rounds, options.seconds, options.warmup = 1, 0.5, 0.2
     options.workloads = [w.strip() for w in options.workloads.split(",") if w.strip()]
+    if options.cluster:
+        from cluster_bench import CLUSTER_WORKLOAD_KEYS, run_cluster
+
+        options.workloads = options.workloads or list(CLUSTER_WORKLOAD_KEYS)
+        try:
+            options.primaries = [int(n) for n in options.primaries.split(",") if n.strip()]
+        except ValueError:
+            parser.error("--primaries takes numbers, e.g. 1,3")
+        return run_cluster(options)
+    options.workloads = options.workloads or list(WORKLOAD_KEYS)
     unknown = set(options.workloads) - set(WORKLOAD_KEYS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")

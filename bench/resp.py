@@ -25,6 +25,22 @@ def address_of(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 6379
 
 
+#: The benchmark's name for a cluster: ``cluster://host:port,host:port,...`` (every node).
+CLUSTER_SCHEME = "cluster://"
+
+
+def nodes_of(url: str) -> list[tuple[str, int]]:
+    """Every server behind ``url``: the one of a ``redis://`` URL, or each node of a
+    ``cluster://`` one."""
+    if not url.startswith(CLUSTER_SCHEME):
+        return [address_of(url)]
+    nodes = []
+    for item in url[len(CLUSTER_SCHEME) :].split(","):
+        host, _, port = item.rpartition(":")
+        nodes.append((host, int(port)))
+    return nodes
+
+
 class RespClient:
     def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
         self._sock = socket.create_connection((host, port), timeout=timeout)

@@ -57,7 +57,8 @@ from typing import Any
 SCRIPT = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(SCRIPT))
 
-from resp import RespClient, command_calls  # noqa: E402
+from localcluster import key_slot, primary_of_slot  # noqa: E402
+from resp import CLUSTER_SCHEME, RespClient, command_calls, nodes_of  # noqa: E402
 
 #: Messages a sender may have in flight (sent, not yet received): half the default capacity.
 WINDOW = 50
@@ -66,6 +67,10 @@ GROUP_MEMBERS = 1000
 GROUP_PROCESSES = 4
 GROUP = "bench-group"
 NORMAL_CHANNEL = "bench.sendrecv"
+#: ``spread-*``: normal channels whose queues' slots fall evenly into SPREAD_PRIMARIES ranges.
+SPREAD_CHANNELS = 24
+SPREAD_PRIMARIES = 3
+SPREAD_PROCESSES = 4
 #: The body every message carries, about the size of a chat message.
 TEXT = "x" * 100
 #: Seconds an epoch may take beyond its planned duration before the measurement fails.
@@ -80,6 +85,8 @@ WORKLOADS = (
     "group-1000",
     "group-1000-4proc",
     "ping-pong",
+    "spread-24",
+    "spread-24-4proc",
 )
 
 Message = dict[str, Any]
@@ -284,10 +291,10 @@ class Helper:
             raise BenchFailure(f"helper {self.name}: no {kind!r} within {timeout:.0f} s")
         return got.result()
 
-    def tell(self, command: str) -> None:
+    def tell(self, command: str, **fields: Any) -> None:
         assert self._process is not None
         assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps({"cmd": command}).encode() + b"\n")
+        self._process.stdin.write(json.dumps({"cmd": command, **fields}).encode() + b"\n")
 
     async def stop(self) -> None:
         if self._process is None:
@@ -323,20 +330,23 @@ class Helpers:
     async def expect(self, kind: str, timeout: float = 60.0) -> list[dict[str, Any]]:
         return await asyncio.gather(*(helper.expect(kind, timeout) for helper in self.helpers))
 
-    def tell(self, command: str) -> None:
+    def tell(self, command: str, **fields: Any) -> None:
         for helper in self.helpers:
-            helper.tell(command)
+            helper.tell(command, **fields)
 
     async def reset(self) -> None:
         self.tell("reset")
         await self.expect("reset")
 
-    async def round_trips(self) -> Counter[str]:
+    async def round_trips(self) -> tuple[Counter[str], float]:
+        """The helpers' round trips since ``reset``, and their CPU seconds."""
         self.tell("report")
         total: Counter[str] = Counter()
+        cpu = 0.0
         for report in await self.expect("report"):
             total.update(report["round_trips"])
-        return total
+            cpu += report["cpu"]
+        return total, cpu
 
     async def guard(self, aw: Awaitable[Any], timeout: float) -> Any:
         """Await ``aw`` unless a helper fails first or ``timeout`` passes."""
@@ -368,6 +378,8 @@ class Coordinator:
     def __init__(self) -> None:
         self.exit = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._cpu_since = time.process_time()
 
     def emit(self, event: str, **fields: Any) -> None:
         sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
@@ -385,15 +397,27 @@ class Coordinator:
             if not line:
                 self.exit.set()
                 return
-            command = json.loads(line)["cmd"]
+            received = json.loads(line)
+            command = received["cmd"]
             if command == "reset":
                 ROUND_TRIPS.clear()
+                self._cpu_since = time.process_time()
                 self.emit("reset")
             elif command == "report":
-                self.emit("report", round_trips=dict(ROUND_TRIPS))
+                cpu = time.process_time() - self._cpu_since
+                self.emit("report", round_trips=dict(ROUND_TRIPS), cpu=cpu)
             elif command == "exit":
                 self.exit.set()
                 return
+            else:
+                self._commands.put_nowait(received)
+
+    async def command(self, name: str) -> dict[str, Any]:
+        """The next command that is not handled here (it must be ``name``)."""
+        received = await self._commands.get()
+        if received["cmd"] != name:
+            raise BenchFailure(f"expected the command {name!r}, got {received['cmd']!r}")
+        return received
 
 
 async def helper_receiver(layer: Any, link: Coordinator, params: dict[str, Any]) -> None:
@@ -444,11 +468,23 @@ async def helper_ponger(layer: Any, link: Coordinator, params: dict[str, Any]) -
         link.emit("done", epoch=epoch)
 
 
+async def helper_spread(layer: Any, link: Coordinator, params: dict[str, Any]) -> None:
+    """``spread-24-4proc``: a sender and a receiver per channel for this process's channels,
+    one epoch per ``run`` command."""
+    channels = params["channels"]
+    link.emit("ready")
+    for epoch in (0, 1):
+        command = await link.command("run")
+        sent = await fan_in_epoch(layer, channels, epoch, command["seconds"], Window(WINDOW))
+        link.emit("done", epoch=epoch, sent=sent)
+
+
 HELPER_ROLES: dict[str, Callable[[Any, Coordinator, dict[str, Any]], Coroutine[Any, Any, None]]]
 HELPER_ROLES = {
     "receiver": helper_receiver,
     "members": helper_members,
     "ponger": helper_ponger,
+    "spread": helper_spread,
 }
 
 
@@ -472,8 +508,12 @@ async def helper_main(role: str, params: dict[str, Any]) -> int:
 
 
 def make_layer(path: str, url: str) -> Any:
+    """The layer class at ``path`` on the server at ``url``, or on the cluster of a
+    ``cluster://`` URL (every node a startup node)."""
     module_name, _, class_name = path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
+    if url.startswith(CLUSTER_SCHEME):
+        return cls(hosts=[{"cluster": True, "startup_nodes": nodes_of(url)}])
     return cls(hosts=[url])
 
 
@@ -597,6 +637,56 @@ class SendReceiveTwoProcesses(SendReceive):
         return result
 
 
+async def fan_in_epoch(
+    layer: Any, channels: list[str], epoch: int, seconds: float, window: Window
+) -> int:
+    """One sender sends to ``channels`` in turn for ``seconds``, then each its last message;
+    a receiver per channel checks them. Returns the messages sent (and received)."""
+    received = 0
+
+    def on_message(_: int) -> None:
+        nonlocal received
+        received += 1
+        window.ack(received)
+
+    async def send() -> int:
+        ROLE.set("sender")
+        deadline = time.perf_counter() + seconds
+        seqs = [0] * len(channels)
+        sent = 0
+        while time.perf_counter() < deadline:
+            index = sent % len(channels)
+            await window.acquire()
+            await layer.send(channels[index], message("message", epoch, seqs[index]))
+            seqs[index] += 1
+            sent += 1
+        for index, channel in enumerate(channels):
+            await window.acquire()
+            await layer.send(channel, message("message", epoch, seqs[index], last=True))
+            sent += 1
+        return sent
+
+    receivers = [receive_epoch(layer, channel, epoch, on_message) for channel in channels]
+    counts = await gather_all(send(), *receivers)
+    sent: int = counts[0]
+    return sent
+
+
+def spread_channels(count: int = SPREAD_CHANNELS, parts: int = SPREAD_PRIMARIES) -> list[str]:
+    """``count`` normal channels, ``count // parts`` of them in each of ``parts`` equal slot
+    ranges (the primaries of a ``parts``-primary benchmark cluster), interleaved: consecutive
+    channels live on different primaries. The same names on any server."""
+    chosen: list[list[str]] = [[] for _ in range(parts)]
+    index = 0
+    while any(len(names) < count // parts for names in chosen):
+        name = f"bench.spread.{index}"
+        names = chosen[primary_of_slot(key_slot(name), parts)]
+        if len(names) < count // parts:
+            names.append(name)
+        index += 1
+    return [name for group in zip(*chosen, strict=True) for name in group]
+
+
 class FanIn(Workload):
     """FAN_IN_CHANNELS channels of this process, each with a receiver; one sender, in turn."""
 
@@ -605,38 +695,45 @@ class FanIn(Workload):
 
     async def epoch(self, epoch: int, seconds: float) -> Epoch:
         result = Epoch()
-        self.window = window = Window(WINDOW)
-        received = 0
-
-        def on_message(_: int) -> None:
-            nonlocal received
-            received += 1
-            window.ack(received)
-
-        receivers = [receive_epoch(self.layer, c, epoch, on_message) for c in self.channels]
+        self.window = Window(WINDOW)
         start = time.perf_counter()
-        sender = self._send(epoch, seconds, start, window)
-        counts = await self.guard(gather_all(sender, *receivers), seconds)
+        sent = fan_in_epoch(self.layer, self.channels, epoch, seconds, self.window)
+        result.operations = result.messages = await self.guard(sent, seconds)
         result.elapsed = time.perf_counter() - start
-        result.operations = result.messages = counts[0]
         return result
 
-    async def _send(self, epoch: int, seconds: float, start: float, window: Window) -> int:
-        ROLE.set("sender")
-        deadline = start + seconds
-        seqs = [0] * len(self.channels)
-        sent = 0
-        while time.perf_counter() < deadline:
-            index = sent % len(self.channels)
-            await window.acquire()
-            await self.layer.send(self.channels[index], message("message", epoch, seqs[index]))
-            seqs[index] += 1
-            sent += 1
-        for index, channel in enumerate(self.channels):
-            await window.acquire()
-            await self.layer.send(channel, message("message", epoch, seqs[index], last=True))
-            sent += 1
-        return sent
+
+class Spread(FanIn):
+    """SPREAD_CHANNELS normal channels spread over the slots of SPREAD_PRIMARIES primaries,
+    each with a receiver; one sender, in turn; one process."""
+
+    async def setup(self) -> None:
+        self.channels = spread_channels()
+
+
+class SpreadProcesses(Workload):
+    """The channels of ``spread-24`` split over SPREAD_PROCESSES helper processes, each with a
+    sender and a receiver per channel for its share (every share spans every primary)."""
+
+    processes = 1 + SPREAD_PROCESSES
+
+    async def setup(self) -> None:
+        channels = spread_channels()
+        names = [f"spread-{i}" for i in range(SPREAD_PROCESSES)]
+        self.helpers = Helpers([Helper(name) for name in names])
+        shares = [channels[i::SPREAD_PROCESSES] for i in range(SPREAD_PROCESSES)]
+        await self.helpers.start(
+            "spread", [{**self.helper_params(), "channels": share} for share in shares]
+        )
+
+    async def epoch(self, epoch: int, seconds: float) -> Epoch:
+        result = Epoch()
+        start = time.perf_counter()
+        self.helpers.tell("run", seconds=seconds)
+        done = await self.guard(self.helpers.expect("done", seconds + EPOCH_GRACE), seconds)
+        result.elapsed = time.perf_counter() - start
+        result.operations = result.messages = sum(report["sent"] for report in done)
+        return result
 
 
 class GroupSend(Workload):
@@ -751,16 +848,38 @@ WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "group-1000": GroupSend,
     "group-1000-4proc": GroupSendSpread,
     "ping-pong": PingPong,
+    "spread-24": Spread,
+    "spread-24-4proc": SpreadProcesses,
 }
 
 
 # --- measuring ---------------------------------------------------------------------------------
 
 
-def server_counts(url: str) -> tuple[int, dict[str, int]]:
-    with RespClient.from_url(url) as client:
-        info = client.info("stats", "commandstats")
-    return int(info["total_commands_processed"]), command_calls(info)
+def server_counts(url: str) -> tuple[list[int], dict[str, int], float]:
+    """Commands processed by each node, calls by command and CPU seconds used (both summed
+    over every node)."""
+    totals = []
+    calls: Counter[str] = Counter()
+    cpu = 0.0
+    for host, port in nodes_of(url):
+        with RespClient(host, port) as client:
+            info = client.info("stats", "commandstats", "cpu")
+        totals.append(int(info["total_commands_processed"]))
+        calls.update(command_calls(info))
+        cpu += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return totals, dict(calls), cpu
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent not idle (``/proc/stat``); 0 where unknown."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -817,11 +936,15 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         await workload.epoch(0, options.warmup)
         await workload.helpers.reset()
         ROUND_TRIPS.clear()
-        total_before, calls_before = server_counts(options.url)
+        total_before, calls_before, server_cpu_before = server_counts(options.url)
+        busy_before, cpu_before = machine_busy(), time.process_time()
         measured = await workload.epoch(1, options.seconds)
-        total_after, calls_after = server_counts(options.url)
+        client_cpu = time.process_time() - cpu_before
+        busy = machine_busy() - busy_before
+        total_after, calls_after, server_cpu_after = server_counts(options.url)
         trips = Counter(ROUND_TRIPS)
-        trips.update(await workload.helpers.round_trips())
+        helper_trips, helper_cpu = await workload.helpers.round_trips()
+        trips.update(helper_trips)
     except Exception as error:
         if not isinstance(error, BenchFailure):
             traceback.print_exc()
@@ -836,6 +959,8 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         if name != "info" and calls_after.get(name, 0) != calls_before.get(name, 0)
     }
     info_calls = calls_after.get("info", 0) - calls_before.get("info", 0)
+    # One INFO per node before the epoch ends up counted on each node.
+    by_node = [after - before - 1 for before, after in zip(total_before, total_after, strict=True)]
     report.update(
         ok=True,
         messages=measured.messages,
@@ -843,9 +968,17 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         elapsed=measured.elapsed,
         rate=measured.messages / measured.elapsed,
         operation_rate=measured.operations / measured.elapsed,
-        commands=total_after - total_before - info_calls,
+        commands=sum(total_after) - sum(total_before) - info_calls,
+        commands_by_node=by_node,
         command_calls=calls,
         round_trips=dict(trips),
+        # CPU seconds during the measured epoch: this process and its helpers, the servers
+        # (every node), and the whole machine (other work included).
+        cpu={
+            "client": client_cpu + helper_cpu,
+            "server": server_cpu_after - server_cpu_before,
+            "machine": busy,
+        },
     )
     if measured.latencies:
         report["latency"] = {
