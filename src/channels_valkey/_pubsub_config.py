@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._config import check_prefix, positive_int
-from ._hosts import SentinelHost, ServerHost, parse_hosts
+from ._hosts import ClusterHost, Host, parse_hosts
 from .exceptions import ConfigurationError
 
 _STORAGE_OPTIONS = frozenset({"expiry", "group_expiry", "channel_capacity", "random_prefix_length"})
@@ -30,13 +30,17 @@ ACCEPTED_OPTIONS = (
 
 @dataclass(frozen=True)
 class PubSubConfig:
-    hosts: tuple[ServerHost | SentinelHost, ...]
+    hosts: tuple[Host, ...]
     prefix: str
     #: Messages a local channel holds for its consumer before new ones are dropped.
     capacity: int
     #: Message types delivered to local channels when a shard's connection drops / returns.
     on_disconnect: str | None
     on_reconnect: str | None
+
+    @property
+    def on_cluster(self) -> bool:
+        return isinstance(self.hosts[0], ClusterHost)
 
     def group_channel(self, group: str) -> str:
         """The pub/sub channel carrying ``group``'s messages (the channels_redis name)."""
@@ -62,18 +66,10 @@ def build_pubsub_config(
     )
 
 
-def check_hosts(hosts: object) -> tuple[ServerHost | SentinelHost, ...]:
-    """Servers and Sentinel primaries; several entries shard the names by consistent hash."""
-    parsed = parse_hosts(hosts)
-    checked: list[ServerHost | SentinelHost] = []
-    for index, host in enumerate(parsed):
-        if not isinstance(host, ServerHost | SentinelHost):
-            raise ConfigurationError(
-                f"hosts[{index}] ({host.describe()}): the pub/sub layer takes servers and "
-                "Sentinel entries only; list the servers themselves to shard over them"
-            )
-        checked.append(host)
-    return tuple(checked)
+def check_hosts(hosts: object) -> tuple[Host, ...]:
+    """Servers and Sentinel primaries (several entries shard the names by consistent hash), or
+    one Valkey Cluster entry (sharded pub/sub; ``parse_hosts`` makes sure it is alone)."""
+    return parse_hosts(hosts)
 
 
 def check_hook(option: str, value: object) -> str | None:

@@ -2,8 +2,8 @@
 
 Connections, futures and tasks belong to the loop that made them, and Django runs the layer on
 several loops (the server's, and a short-lived one per ``async_to_sync`` call), so each loop
-gets its own :class:`LoopLayer`: its own publish pools, its own subscriber per shard, its own
-local channels. A channel is local to the loop it was made on.
+gets its own :class:`LoopLayer`: its own publish pools, its own subscriber per shard (or per
+cluster primary), its own local channels. A channel is local to the loop it was made on.
 
 Closing without the user calling ``close()``: like the core layer's ``_loops``, each loop gets
 a *keeper* task waiting forever. ``asyncio.run()`` and ``async_to_sync`` cancel every task
@@ -19,12 +19,15 @@ import logging
 import weakref
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
+from ._hosts import ClusterHost
+from ._pubsub_cluster import ClusterPlacement
 from ._pubsub_config import PubSubConfig
-from ._pubsub_server import PubSubServer
+from ._pubsub_server import Placement, PubSubHost, ServerPlacement
 from ._pubsub_state import ChannelClosed, Drops, Inbox, Item, LocalState
-from ._pubsub_subscriber import Subscriber
-from ._sharding import shard_index
+from ._pubsub_subscriber import Hooks, Subscriber
+from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +35,26 @@ logger = logging.getLogger(__name__)
 class LoopLayer:
     """Everything the pub/sub layer holds on one event loop; :meth:`aclose` closes it all."""
 
-    def __init__(self, config: PubSubConfig, drops: Drops, on_closed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: PubSubConfig,
+        stats: StatsRecorder,
+        drops: Drops,
+        on_closed: Callable[[], None],
+    ) -> None:
         self.config = config
-        self.servers = [PubSubServer(host) for host in config.hosts]
         self.state = LocalState(config.capacity, drops)
-        self.subscribers = [
-            Subscriber(
-                server,
-                on_message=self.state.deliver,
-                on_down=partial(self._down, index),
-                on_up=partial(self._up, index),
-            )
-            for index, server in enumerate(self.servers)
-        ]
-        #: Per shard: local channels told about a drop and not yet about the return.
-        self._missed: list[set[str]] = [set() for _ in self.servers]
+        hooks = Hooks(
+            on_message=self.state.deliver, on_down=self._down, on_up=self._up, stats=stats
+        )
+        host = config.hosts[0]
+        self.placement: Placement = (
+            ClusterPlacement(host, hooks)
+            if isinstance(host, ClusterHost)
+            else ServerPlacement(cast("list[PubSubHost]", list(config.hosts)), hooks)
+        )
+        #: Per subscriber: local channels told about an outage and not yet about its end.
+        self._missed: dict[object, set[str]] = {}
         self._on_closed = on_closed
         self._closing: asyncio.Future[None] | None = None
         self._keeping = True
@@ -55,16 +63,17 @@ class LoopLayer:
         )
 
     def __repr__(self) -> str:
-        return f"<LoopLayer {self.state!r} shards={len(self.servers)}>"
+        return f"<LoopLayer {self.state!r} {self.placement!r}>"
 
-    def _index(self, name: str) -> int:
-        return shard_index(name, len(self.servers))
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return self.placement.subscribers
 
     # --- sending -------------------------------------------------------------------------
 
     async def publish(self, name: str, payload: bytes) -> int:
-        """``PUBLISH`` on the shard owning ``name``; returns how many subscribers got it."""
-        return await self.servers[self._index(name)].publish(name, payload)
+        """Publish on the server carrying ``name``; returns how many subscribers got it."""
+        return await self.placement.publish(name, payload)
 
     # --- local channels ------------------------------------------------------------------
 
@@ -75,7 +84,7 @@ class LoopLayer:
         """Make ``channel`` local and return once the server confirmed its subscription."""
         inbox = self.state.open(channel)
         try:
-            await self.subscribers[self._index(channel)].subscribe(channel)
+            await self.placement.subscribe(channel)
         except BaseException:
             if not inbox.receivers:
                 self._free(channel, inbox)
@@ -90,7 +99,7 @@ class LoopLayer:
         inbox = self.state.open(channel)
         inbox.receivers += 1
         try:
-            await self.subscribers[self._index(channel)].subscribe(channel)
+            await self.placement.subscribe(channel)
             item = await inbox.get()
         except BaseException:
             inbox.receivers -= 1
@@ -104,7 +113,7 @@ class LoopLayer:
         if self.state.inbox(channel) is not inbox:
             return  # already freed (flush, close), maybe made again since
         for name in self.state.free(channel):
-            self.subscribers[self._index(name)].unsubscribe(name)
+            self.placement.unsubscribe(name)
 
     # --- groups --------------------------------------------------------------------------
 
@@ -112,7 +121,7 @@ class LoopLayer:
         """Put local ``channel`` in the group; returns once the group is subscribed."""
         joined = self.state.join(group_channel, channel)
         try:
-            await self.subscribers[self._index(group_channel)].subscribe(group_channel)
+            await self.placement.subscribe(group_channel)
         except BaseException:
             if joined:
                 self.group_discard(group_channel, channel)
@@ -120,26 +129,37 @@ class LoopLayer:
 
     def group_discard(self, group_channel: str, channel: str) -> None:
         if self.state.leave(group_channel, channel):
-            self.subscribers[self._index(group_channel)].unsubscribe(group_channel)
+            self.placement.unsubscribe(group_channel)
 
     # --- connection notices --------------------------------------------------------------
 
-    def _down(self, index: int, names: list[str]) -> None:
-        """Tell each concerned channel once, even if reconnecting fails and drops again."""
-        channels = self.state.affected(names) - self._missed[index]
+    def _down(self, key: object, names: list[str], moved: bool) -> None:
+        """Tell each concerned channel once per outage of a subscriber, even if reconnecting
+        fails and drops again."""
+        missed = self._missed.setdefault(key, set())
+        channels = self.state.affected(names) - missed
         if not channels:
             return
-        self._missed[index] |= channels
-        logger.warning(
-            "Lost the pub/sub connection to %s: %d local channel(s) miss messages until it is back",
-            self.servers[index].describe(),
-            len(channels),
-        )
+        missed |= channels
+        if moved:
+            logger.warning(
+                "Pub/sub names moved away from %s: %d local channel(s) may miss messages "
+                "until they are subscribed where they live now",
+                self.placement.describe(key),
+                len(channels),
+            )
+        else:
+            logger.warning(
+                "Lost the pub/sub connection to %s: %d local channel(s) miss messages until "
+                "it is back",
+                self.placement.describe(key),
+                len(channels),
+            )
         if self.config.on_disconnect is not None:
             self.state.notify(channels, {"type": self.config.on_disconnect})
 
-    def _up(self, index: int) -> None:
-        channels, self._missed[index] = self._missed[index], set()
+    def _up(self, key: object) -> None:
+        channels = self._missed.pop(key, set())
         if self.config.on_reconnect is not None:
             self.state.notify(channels, {"type": self.config.on_reconnect})
 
@@ -162,8 +182,7 @@ class LoopLayer:
     async def _close(self) -> None:
         self._on_closed()
         self.state.clear(ChannelClosed("the channel layer was flushed or closed"))
-        await asyncio.gather(*(subscriber.aclose() for subscriber in self.subscribers))
-        await asyncio.gather(*(server.aclose() for server in self.servers))
+        await self.placement.aclose()
         if self._keeping:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,8 +192,9 @@ class LoopLayer:
 class LoopRegistry:
     """Finds, or makes, the :class:`LoopLayer` of the running loop."""
 
-    def __init__(self, config: PubSubConfig, drops: Drops) -> None:
+    def __init__(self, config: PubSubConfig, stats: StatsRecorder, drops: Drops) -> None:
         self._config = config
+        self._stats = stats
         self._drops = drops
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLayer] = (
             weakref.WeakKeyDictionary()
@@ -185,7 +205,12 @@ class LoopRegistry:
         layer = self._by_loop.get(loop)
         if layer is None:
             # A weak reference: the entry must not keep its own key (the loop) alive.
-            layer = LoopLayer(self._config, self._drops, partial(self._forget, weakref.ref(loop)))
+            layer = LoopLayer(
+                self._config,
+                self._stats,
+                self._drops,
+                partial(self._forget, weakref.ref(loop)),
+            )
             self._by_loop[loop] = layer
         return layer
 

@@ -1,12 +1,23 @@
-"""One server as the pub/sub layer sees it from one event loop.
+"""Where the pub/sub layer publishes and subscribes, as one event loop sees it.
 
-A pool (from ``_client.build_pool``, which handles TLS, unix sockets and Sentinel) serves
-``PUBLISH``; subscriptions use a connection made by that pool but kept outside it, owned by a
-:class:`~channels_valkey._pubsub_subscriber.Subscriber`, because a subscribed connection can
-carry nothing else.
+A :class:`Placement` routes each pub/sub name to the connection that carries it. Two exist:
+
+- :class:`ServerPlacement` (here): servers and Sentinel-managed primaries listed in ``hosts``,
+  each name on the entry its name hashes to (the consistent hash of ``channels_redis``), with
+  classic ``PUBLISH``/``SUBSCRIBE``;
+- ``ClusterPlacement`` (``_pubsub_cluster``): a Valkey Cluster, with sharded pub/sub.
+
+One server is a :class:`PubSubServer`: a pool (from ``_client.build_pool``, which handles TLS,
+unix sockets and Sentinel) serves ``PUBLISH``; subscriptions use a connection made by that pool
+but kept outside it, owned by a :class:`~channels_valkey._pubsub_subscriber.Subscriber`,
+because a subscribed connection can carry nothing else.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
 
 from valkey.asyncio import Valkey
 from valkey.asyncio.connection import AbstractConnection
@@ -14,9 +25,34 @@ from valkey.asyncio.sentinel import SentinelConnectionPool
 
 from ._client import TRANSIENT_ERRORS, build_pool
 from ._hosts import SentinelHost, ServerHost
+from ._pubsub_subscriber import Hooks, Subscriber
+from ._sharding import shard_index
 from .exceptions import ServerUnreachable
 
 PubSubHost = ServerHost | SentinelHost
+
+
+class Placement(Protocol):
+    """Publishing and subscribing on one event loop, whatever the servers."""
+
+    @property
+    def subscribers(self) -> list[Subscriber]: ...
+
+    async def publish(self, name: str, payload: bytes) -> int:
+        """Publish; returns how many subscribed connections the server handed it to."""
+        ...
+
+    async def subscribe(self, name: str) -> None:
+        """Return once the server that carries ``name`` has confirmed the subscription."""
+        ...
+
+    def unsubscribe(self, name: str) -> None: ...
+
+    def describe(self, key: object) -> str:
+        """Where the subscriber ``key`` (of the hooks' callbacks) connects, for logs."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class PubSubServer:
@@ -49,3 +85,40 @@ class PubSubServer:
             # The pool asks the sentinels through clients of their own, which it does not close.
             for sentinel in self.pool.sentinel_manager.sentinels:
                 await sentinel.aclose()
+
+
+class ServerPlacement:
+    """The ``hosts`` entries of a standalone or Sentinel setup: one server and one subscriber
+    per entry; a name lives on the entry it hashes to. Subscriber keys are entry indexes."""
+
+    def __init__(self, hosts: Sequence[PubSubHost], hooks: Hooks) -> None:
+        self.servers = [PubSubServer(host) for host in hosts]
+        self._subscribers = [
+            Subscriber(server, hooks, key=index) for index, server in enumerate(self.servers)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<ServerPlacement shards={len(self.servers)}>"
+
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._subscribers)
+
+    def _index(self, name: str) -> int:
+        return shard_index(name, len(self.servers))
+
+    async def publish(self, name: str, payload: bytes) -> int:
+        return await self.servers[self._index(name)].publish(name, payload)
+
+    async def subscribe(self, name: str) -> None:
+        await self._subscribers[self._index(name)].subscribe(name)
+
+    def unsubscribe(self, name: str) -> None:
+        self._subscribers[self._index(name)].unsubscribe(name)
+
+    def describe(self, key: object) -> str:
+        return self.servers[key].describe() if isinstance(key, int) else str(key)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(subscriber.aclose() for subscriber in self._subscribers))
+        await asyncio.gather(*(server.aclose() for server in self.servers))

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._log import RateLimitedLog
+from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,22 @@ class ChannelClosed(RuntimeError):
 
 
 class Drops:
-    """Counts the payloads dropped for full inboxes, with one log line a minute at most.
+    """Counts the payloads dropped for full inboxes (in the layer's
+    :class:`~channels_valkey.stats.StatsRecorder`), with one log line a minute at most.
 
     Shared by every event loop of one layer, so the count covers the whole layer.
     """
 
-    def __init__(self) -> None:
-        self.count = 0
+    def __init__(self, stats: StatsRecorder | None = None) -> None:
+        self._stats = stats if stats is not None else StatsRecorder()
         self._log = RateLimitedLog(logger)
 
+    @property
+    def count(self) -> int:
+        return self._stats.dropped_from_buffers
+
     def record(self, channel: str, capacity: int) -> None:
-        self.count += 1
+        self._stats.dropped_from_buffers += 1
         self._log.warning(
             "Dropped a message for %s: its queue is full (capacity %d; %d dropped by this "
             "layer so far); is its consumer still reading?",

@@ -18,6 +18,13 @@ it share one queue, so each message goes to exactly one of them.
 Costs (client round trips): ``send``/``group_send`` 1 ``PUBLISH``; ``new_channel`` and the
 first ``group_add`` of a group in a process 1 ``SUBSCRIBE`` (batched with others made at the
 same time); ``receive`` none; freeing a channel 1 ``UNSUBSCRIBE``, not awaited.
+
+On a Valkey Cluster (a ``{"cluster": True, ...}`` entry in ``hosts``) the layer uses sharded
+pub/sub with the same names: ``SPUBLISH`` to the primary serving the name's slot,
+``SSUBSCRIBE`` on one connection per primary holding subscribed names, following slot moves
+and failovers (see ``_pubsub_cluster``). Costs are the same, except that names subscribed at
+the same time go in one ``SSUBSCRIBE`` per slot (written together), and the first
+subscription on a loop reads the slot map once (``CLUSTER SLOTS``).
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from ._client import check_host
+from ._cluster import check_cluster_host
+from ._hosts import ClusterHost
 from ._log import RateLimitedLog
 from ._messages import check_message
 from ._pubsub_config import PubSubConfig, build_pubsub_config
 from ._pubsub_loop import LoopRegistry
 from ._pubsub_state import Drops
 from .serializers import registry
+from .stats import StatsRecorder
 
 __all__ = ["ValkeyPubSubChannelLayer"]
 
@@ -45,12 +55,14 @@ logger = logging.getLogger(__name__)
 class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     """Channel layer over Valkey PUB/SUB (a drop-in for ``RedisPubSubChannelLayer``).
 
-    Options: ``hosts``, ``prefix``, ``symmetric_encryption_keys`` and ``serializer_format`` as
-    for the core layer; ``capacity``, the messages one local channel holds for a slow consumer
-    before new ones are dropped (and counted in :attr:`dropped_messages`); ``on_disconnect``
-    and ``on_reconnect``, message types delivered to the local channels that may have missed
-    messages while a server connection was down, e.g. ``on_disconnect="valkey.disconnect"``
-    runs a consumer's ``valkey_disconnect`` handler. A bad option raises
+    Options: ``hosts`` (servers and Sentinel entries, or one Valkey Cluster entry), ``prefix``,
+    ``symmetric_encryption_keys`` and ``serializer_format`` as for the core layer;
+    ``capacity``, the messages one local channel holds for a slow consumer before new ones are
+    dropped (and counted in :attr:`dropped_messages`); ``on_disconnect`` and
+    ``on_reconnect``, message types delivered to the local channels that may have missed
+    messages while a server connection was down (or, on a cluster, while their names moved to
+    another node), e.g. ``on_disconnect="valkey.disconnect"`` runs a consumer's
+    ``valkey_disconnect`` handler. A bad option raises
     :class:`~channels_valkey.exceptions.ConfigurationError` here.
     """
 
@@ -76,7 +88,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             unknown=options,
         )
         for host in self.config.hosts:
-            check_host(host)
+            if isinstance(host, ClusterHost):
+                check_cluster_host(host)
+            else:
+                check_host(host)
         # No random prefix and no expiry: the bytes channels_redis' pub/sub layer publishes.
         self._serializer = registry.get_serializer(
             serializer_format,
@@ -84,9 +99,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             random_prefix_length=0,
             expiry=None,
         )
-        self._drops = Drops()
+        self._stats = StatsRecorder()
         self._undecodable = RateLimitedLog(logger)
-        self._loops = LoopRegistry(self.config, self._drops)
+        self._loops = LoopRegistry(self.config, self._stats, Drops(self._stats))
 
     @property
     def prefix(self) -> str:
@@ -103,7 +118,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     @property
     def dropped_messages(self) -> int:
         """Messages dropped so far because a local channel's queue was full."""
-        return self._drops.count
+        return self._stats.dropped_from_buffers
 
     def get_capacity(self, channel: str) -> int:
         return self.config.capacity

@@ -5,6 +5,10 @@ processes sharing the servers. Receives are wrapped in ``asyncio.wait_for``, so 
 fails the test instead of hanging it. Unsubscribing is not awaited by the layer, so the tests
 wait for the server to show it with a bounded poll (there is no event to await).
 
+On the ``cluster`` topology the layer uses sharded pub/sub: the helpers that look at the
+servers ask for shard channels (``PUBSUB SHARDNUMSUB``/``SHARDCHANNELS``) on the primary that
+serves a name's slot, instead of classic channels on the shard the name hashes to.
+
 The helpers at the top are also used by the other ``test_pubsub_*`` modules.
 """
 
@@ -18,10 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from valkey.crc import key_slot
 
 from channels_valkey._pubsub_loop import LoopLayer
 from channels_valkey._sharding import shard_index
-from channels_valkey.exceptions import ConfigurationError
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from servers import ValkeyServer, wait_for
 
@@ -33,9 +37,8 @@ SILENCE_TIMEOUT = 0.3
 
 OpenLayer = Callable[..., ValkeyPubSubChannelLayer]
 
-#: The topologies of the ``hosts`` fixture the pub/sub layer serves. A cluster entry is refused
-#: at construction (see test_a_cluster_entry_is_refused).
-PUBSUB_TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel"]
+#: The topologies of the ``hosts`` fixture the pub/sub layer serves: all of them.
+PUBSUB_TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"]
 every_topology = pytest.mark.parametrize("topology", PUBSUB_TOPOLOGIES, indirect=True)
 
 
@@ -57,22 +60,40 @@ def loop_layer(layer: ValkeyPubSubChannelLayer) -> LoopLayer:
     return layer._loops.current()
 
 
+def on_cluster(servers: list[ValkeyServer]) -> bool:
+    return any("cluster-enabled yes" in server.extra_config for server in servers)
+
+
 def owner(servers: list[ValkeyServer], name: str) -> ValkeyServer:
-    """The server a pub/sub name lives on (the same hash as channels_redis)."""
-    return servers[shard_index(name, len(servers))]
+    """The server a pub/sub name lives on: the shard it hashes to (the same hash as
+    channels_redis), or on a cluster the primary serving its slot now."""
+    if not on_cluster(servers):
+        return servers[shard_index(name, len(servers))]
+    slot = key_slot(name.encode())
+    admin: Any = servers[0].client()
+    for start, end, primary, *_ in admin.execute_command("CLUSTER", "SLOTS"):
+        if start <= slot <= end:
+            return next(server for server in servers if server.port == int(primary[1]))
+    raise LookupError(f"no primary serves slot {slot}")
 
 
 def numsub(servers: list[ValkeyServer], name: str) -> int:
     """How many connections are subscribed to ``name`` on the server owning it."""
-    counts = owner(servers, name).client().pubsub_numsub(name)
-    return int(counts[0][1])
+    admin: Any = owner(servers, name).client()
+    if on_cluster(servers):
+        return int(admin.execute_command("PUBSUB", "SHARDNUMSUB", name)[1])
+    return int(admin.pubsub_numsub(name)[0][1])
 
 
 def subscribed_names(servers: list[ValkeyServer]) -> set[str]:
     """Every pub/sub channel with a subscriber on any server, Sentinel's own excluded."""
     names: set[str] = set()
     for server in servers:
-        names |= {name.decode() for name in server.client().pubsub_channels()}
+        admin: Any = server.client()
+        if on_cluster(servers):
+            names |= {name.decode() for name in admin.execute_command("PUBSUB", "SHARDCHANNELS")}
+        else:
+            names |= {name.decode() for name in admin.pubsub_channels()}
     return {name for name in names if not name.startswith("__sentinel__")}
 
 
@@ -161,9 +182,9 @@ async def test_subscriptions_live_on_the_owning_shard_one_connection_each(
     assert subscribed_names(topology_servers) == set(names)
     for name in names:
         assert numsub(topology_servers, name) == 1
-    used = {shard_index(name, len(topology_servers)) for name in names}
-    for index, server in enumerate(topology_servers):
-        assert layer_connections(server) == (1 if index in used else 0)
+    used = {owner(topology_servers, name).port for name in names}
+    for server in topology_servers:
+        assert layer_connections(server) == (1 if server.port in used else 0)
 
 
 @every_topology
@@ -395,9 +416,3 @@ async def test_flush_forgets_local_channels_and_groups(
     await until_nothing_subscribed([valkey_server])
     with pytest.raises(RuntimeError, match=r"self\.channel_name"):
         await layer.group_add("room", channel)
-
-
-async def test_a_cluster_entry_is_refused() -> None:
-    cluster = [{"cluster": True, "startup_nodes": [("127.0.0.1", 7000)]}]
-    with pytest.raises(ConfigurationError, match="servers and Sentinel entries only"):
-        ValkeyPubSubChannelLayer(hosts=cluster)

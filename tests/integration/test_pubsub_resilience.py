@@ -26,6 +26,7 @@ from test_pubsub import (
     every_topology,
     loop_layer,
     numsub,
+    owner,
     receive,
     until_subscribed,
 )
@@ -34,7 +35,6 @@ from valkey.backoff import NoBackoff
 from valkey.exceptions import ResponseError
 
 from channels_valkey import _pubsub_subscriber
-from channels_valkey._sharding import shard_index
 from channels_valkey.exceptions import ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, free_port
 
@@ -108,7 +108,7 @@ async def test_each_channel_hears_of_each_drop_that_concerns_it(
         kill_layer_connections(server)
     for channel in channels:
         names = [channel, "asgi__group__room"] if channel in channels[:3] else [channel]
-        drops = len({shard_index(name, len(topology_servers)) for name in names})
+        drops = len({owner(topology_servers, name).port for name in names})
         notices = [await receive(layer, channel) for _ in range(2 * drops)]
         assert Counter(n["type"] for n in notices) == {
             "valkey.disconnect": drops,

@@ -130,3 +130,15 @@ async def test_unserializable_values_raise_serialization_error(serializer_format
         await checked.send("channel", {"type": "m", "when": datetime.datetime.now()})
     with pytest.raises(SerializationError):
         await checked.group_send("group", {"type": "m", "when": datetime.datetime.now()})
+
+
+def test_a_cluster_entry_is_taken_alone() -> None:
+    cluster = {"cluster": True, "startup_nodes": [("127.0.0.1", 1), ("127.0.0.1", 2)]}
+    on_cluster = ValkeyPubSubChannelLayer(hosts=[cluster])
+    assert on_cluster.config.on_cluster
+    assert "cluster://127.0.0.1:1,127.0.0.1:2" in repr(on_cluster)
+    assert not layer().config.on_cluster
+    with pytest.raises(ConfigurationError, match="must be the only entry"):
+        ValkeyPubSubChannelLayer(hosts=[cluster, "valkey://127.0.0.1:1"])
+    with pytest.raises(ConfigurationError, match="bad connection option"):
+        ValkeyPubSubChannelLayer(hosts=[{**cluster, "no_such_option": 1}])

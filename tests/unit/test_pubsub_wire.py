@@ -10,6 +10,8 @@ from valkey.exceptions import ResponseError
 from channels_valkey._pubsub_wire import (
     MAX_NAMES_PER_COMMAND,
     PING,
+    PLAIN,
+    SHARDED,
     SUBSCRIBE,
     UNSUBSCRIBE,
     Answer,
@@ -89,17 +91,94 @@ async def test_tracker_refuses_replies_that_fit_no_command() -> None:
         tracker.answered(Answer(SUBSCRIBE, "b"))
 
 
-async def test_an_error_reply_fails_the_whole_command() -> None:
+async def test_an_error_reply_answers_the_whole_command() -> None:
+    """The caller settles the refused ops (fails them, or sends them elsewhere)."""
     loop = asyncio.get_running_loop()
     a, b, c = loop.create_future(), loop.create_future(), loop.create_future()
     tracker = ReplyTracker()
     for command in batch([Op(SUBSCRIBE, "a", a), Op(SUBSCRIBE, "b", b), Op(PING, done=c)]):
         tracker.sent(command)
     error = ResponseError("NOPERM no permissions to access one of the channels")
-    failed = tracker.refused(error)
-    assert [op.name for op in failed] == ["a", "b"]
-    assert a.exception() is error
-    assert b.exception() is error
+    refused = tracker.refused(error)
+    assert [op.name for op in refused] == ["a", "b"]
+    assert [op.done for op in refused] == [a, b]
+    assert not a.done()
+    assert not b.done()
     tracker.answered(Answer(PING, ""))
     assert c.done()
     assert c.exception() is None
+    with pytest.raises(ProtocolMismatch, match="unexpected error reply"):
+        tracker.refused(error)
+
+
+# --- sharded pub/sub (Valkey Cluster) ----------------------------------------------------------
+
+
+def slot_of(name: str) -> int:
+    """A stand-in for the hash slot: the first letter."""
+    return ord(name[0])
+
+
+def test_sharded_commands_hold_names_of_one_slot() -> None:
+    ops = [
+        Op(SUBSCRIBE, "a1"),
+        Op(SUBSCRIBE, "a2"),
+        Op(SUBSCRIBE, "b1"),
+        Op(SUBSCRIBE, "a3"),
+        Op(UNSUBSCRIBE, "a1"),
+        Op(PING),
+    ]
+    commands = batch(ops, slot_of)
+    assert [(c.kind, c.slot, c.args) for c in commands] == [
+        (SUBSCRIBE, ord("a"), ["a1", "a2"]),
+        (SUBSCRIBE, ord("b"), ["b1"]),
+        (SUBSCRIBE, ord("a"), ["a3"]),
+        (UNSUBSCRIBE, ord("a"), ["a1"]),
+        (PING, None, []),
+    ]
+    assert [SHARDED.command(c.kind) for c in commands] == [
+        "SSUBSCRIBE",
+        "SSUBSCRIBE",
+        "SSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "PING",
+    ]
+    assert [PLAIN.command(c.kind) for c in commands[2:]] == ["SUBSCRIBE", "UNSUBSCRIBE", "PING"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ([b"smessage", b"chan", b"\x00data"], Pushed("chan", b"\x00data")),
+        ([b"ssubscribe", b"chan", 1], Answer(SUBSCRIBE, "chan")),
+        ([b"sunsubscribe", b"chan", 0], Answer(UNSUBSCRIBE, "chan")),
+    ],
+)
+def test_parse_sharded_replies(reply: object, expected: object) -> None:
+    assert parse_reply(reply) == expected
+
+
+def test_an_unsubscribe_push_is_told_apart_from_the_answer_awaited() -> None:
+    tracker = ReplyTracker()
+    for command in batch([Op(SUBSCRIBE, "a1"), Op(UNSUBSCRIBE, "b1")], slot_of):
+        tracker.sent(command)
+    # The server dropped b1 and a2 (their slots moved): neither is the oldest op's answer.
+    assert not tracker.expects(Answer(UNSUBSCRIBE, "a2"))
+    assert not tracker.expects(Answer(UNSUBSCRIBE, "b1"))
+    assert tracker.expects(Answer(SUBSCRIBE, "a1"))
+    tracker.answered(Answer(SUBSCRIBE, "a1"))
+    # Now the push for b1 is taken for the answer to our SUNSUBSCRIBE b1...
+    assert tracker.expects(Answer(UNSUBSCRIBE, "b1"))
+    tracker.answered(Answer(UNSUBSCRIBE, "b1"))
+    # ...so the real answer, a -MOVED for b's slot, matches nothing in flight: skipped.
+    assert not tracker.expects_error(ord("b"))
+    assert len(tracker) == 0
+
+
+def test_an_error_about_another_slot_is_not_the_oldest_commands() -> None:
+    tracker = ReplyTracker()
+    for command in batch([Op(SUBSCRIBE, "a1"), Op(PING)], slot_of):
+        tracker.sent(command)
+    assert tracker.expects_error(ord("a"))
+    assert not tracker.expects_error(ord("b"))
+    assert tracker.expects_error(None)  # any other error is the oldest command's
