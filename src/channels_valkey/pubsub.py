@@ -45,7 +45,7 @@ from ._pubsub_config import PubSubConfig, build_pubsub_config
 from ._pubsub_loop import LoopRegistry
 from ._pubsub_state import Drops
 from .serializers import registry
-from .stats import StatsRecorder
+from .stats import LayerStats, StatsRecorder
 
 __all__ = ["ValkeyPubSubChannelLayer"]
 
@@ -58,12 +58,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     Options: ``hosts`` (servers and Sentinel entries, or one Valkey Cluster entry), ``prefix``,
     ``symmetric_encryption_keys`` and ``serializer_format`` as for the core layer;
     ``capacity``, the messages one local channel holds for a slow consumer before new ones are
-    dropped (and counted in :attr:`dropped_messages`); ``on_disconnect`` and
-    ``on_reconnect``, message types delivered to the local channels that may have missed
-    messages while a server connection was down (or, on a cluster, while their names moved to
-    another node), e.g. ``on_disconnect="valkey.disconnect"`` runs a consumer's
-    ``valkey_disconnect`` handler. A bad option raises
-    :class:`~channels_valkey.exceptions.ConfigurationError` here.
+    dropped (and counted in :meth:`stats`); ``on_disconnect`` and ``on_reconnect``, message
+    types delivered to the local channels that may have missed messages while a server
+    connection was down (or, on a cluster, while their names moved to another node), e.g.
+    ``on_disconnect="valkey.disconnect"`` runs a consumer's ``valkey_disconnect`` handler. A
+    bad option raises :class:`~channels_valkey.exceptions.ConfigurationError` here.
     """
 
     extensions = ["groups", "flush"]
@@ -117,8 +116,34 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     @property
     def dropped_messages(self) -> int:
-        """Messages dropped so far because a local channel's queue was full."""
+        """Messages dropped so far because a local channel's queue was full (the same number
+        as ``stats().dropped_from_buffers``)."""
         return self._stats.dropped_from_buffers
+
+    def stats(self) -> LayerStats:
+        """A snapshot of this layer's counters (see :mod:`channels_valkey.stats`), counted in
+        process memory with no round trip, over every event loop the layer ran on.
+
+        - ``messages_sent``: ``send()`` calls that published;
+        - ``messages_received``: messages handed to ``receive()``; the layer's own
+          ``on_disconnect``/``on_reconnect`` notices are not counted;
+        - ``dropped_from_buffers``: messages (and notices) dropped because a local channel's
+          queue was full;
+        - ``group_sends``: ``group_send()`` calls that published;
+        - ``group_deliveries``: the receivers the server reported for those publishes
+          (``PUBLISH``/``SPUBLISH`` return how many subscribed connections got the message):
+          one per subscribed *process* (event loop), not per member channel. On a cluster,
+          only connections to the primary that served the slot are counted;
+        - ``reconnects`` and ``seconds_disconnected``: outages of subscribed connections, from
+          the drop until every subscription is confirmed again (on a cluster possibly on
+          another node, after a failover). A slot that moves while its node stays connected is
+          not a disconnection, though its channels get the notices;
+        - ``channel_full``, ``expired`` and ``group_members_full`` stay 0: a publish is never
+          refused for a full channel, nothing expires, and the publisher does not learn about
+          receivers' full queues (each receiving process counts those in its own
+          ``dropped_from_buffers``).
+        """
+        return self._stats.snapshot()
 
     def get_capacity(self, channel: str) -> int:
         return self.config.capacity
@@ -134,6 +159,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.require_valid_channel_name(channel)
         payload = self._serializer.serialize(check_message(message))
         await self._loops.current().publish(channel, payload)
+        self._stats.messages_sent += 1
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Wait for the next message on ``channel``, subscribing to it first if needed.
@@ -151,6 +177,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return item  # a notice made by the layer
             message = self._decode(channel, item)
             if message is not None:
+                self._stats.messages_received += 1
                 return message
 
     async def new_channel(self, prefix: str = "specific.") -> str:
@@ -188,7 +215,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Publish ``message`` once; every process with members delivers it to them."""
         self.require_valid_group_name(group)
         payload = self._serializer.serialize(check_message(message))
-        await self._loops.current().publish(self.config.group_channel(group), payload)
+        receivers = await self._loops.current().publish(self.config.group_channel(group), payload)
+        self._stats.group_sends += 1
+        self._stats.group_deliveries += receivers
 
     # --- flush extension and closing -------------------------------------------------------
 

@@ -9,7 +9,7 @@ cluster); these tests break a cluster of their own under subscribed channels:
 - a slot moved (resharding): the old node drops the slot's subscriptions, the layer subscribes
   them on the new owner. Messages published between the two can be missed, so the channels
   of that slot get the same two notices (and no other channel does), though no connection
-  dropped.
+  dropped: ``stats().reconnects`` stays 0.
 """
 
 from __future__ import annotations
@@ -137,6 +137,9 @@ async def test_a_killed_primary_is_followed_to_its_promoted_replica(
     await sender.send(elsewhere, {"type": "still.fine"})
     # Its node never failed: no notice came first.
     assert await asyncio.wait_for(waiting_elsewhere, RECEIVE_TIMEOUT) == {"type": "still.fine"}
+    stats = layer.stats()
+    assert stats.reconnects == 1
+    assert stats.seconds_disconnected > 0
 
 
 @pytest.mark.slow
@@ -165,6 +168,7 @@ async def test_a_subscription_to_a_dead_primary_completes_on_the_promoted_replic
     assert numsub(group.primaries(), pubsub_name) == 1  # on the promoted replica
     await sender.group_send(room, {"type": "hello"})
     assert await receive(layer, channel) == {"type": "hello"}  # no notice before it
+    assert layer.stats().reconnects == 0
 
 
 async def test_a_moved_slot_is_followed_with_notices_for_its_channels_only(
@@ -193,6 +197,8 @@ async def test_a_moved_slot_is_followed_with_notices_for_its_channels_only(
     await sender.send(channel, {"type": "after.move"})
     assert await receive(layer, channel) == {"type": "after.move"}
     assert await nothing_for(layer, other)  # its slot did not move
+    stats = layer.stats()
+    assert (stats.reconnects, stats.seconds_disconnected) == (0, 0)  # no connection dropped
     subscribers = {subscriber.key: subscriber for subscriber in loop_layer(layer).subscribers}
     assert channel in subscribers[f"{after.host}:{after.port}"].names
 
@@ -235,3 +241,4 @@ async def test_a_subscription_sent_to_the_old_owner_follows_moved(
     assert new.client().execute_command("PUBSUB", "SHARDNUMSUB", f"asgi__group__{room}")[1] == 1
     await layer.group_send(room, {"type": "hello"})
     assert await receive(layer, channel) == {"type": "hello"}
+    assert layer.stats().group_deliveries == 1
