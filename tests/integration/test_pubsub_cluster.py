@@ -203,7 +203,6 @@ async def test_a_moved_slot_is_followed_with_notices_for_its_channels_only(
     assert channel in subscribers[f"{after.host}:{after.port}"].names
 
 
-@pytest.mark.slow
 async def test_a_stream_survives_a_slot_move(
     cluster_failover_group: ValkeyClusterGroup, open_layer: OpenLayer
 ) -> None:
