@@ -232,19 +232,6 @@ def test_bad_hosts_are_refused_with_the_layers_message(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert err.startswith("channels-valkey: error: --hosts: ")
     assert "startup_nodes" in err
-    assert (
-        main(
-            [
-                "check",
-                "--layer",
-                "pubsub",
-                "--hosts",
-                '{"cluster": true, "startup_nodes": [["n", 1]]}',
-            ]
-        )
-        == 2
-    )
-    assert "pub/sub layer takes servers and Sentinel entries only" in capsys.readouterr().err
 
 
 # --- formatting -----------------------------------------------------------------------------
