@@ -70,11 +70,20 @@ def slot_range(index: int, primaries: int) -> tuple[int, int]:
     return first, last
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port that was free a moment ago, never one handed out before in this
+    process (the kernel may offer a just-closed port again)."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError("no free loopback port")
 
 
 def wait_for(
@@ -134,8 +143,18 @@ class Node:
         return self.process.pid
 
     def start(self) -> None:
-        self.spawn()
-        self.wait_ready()
+        """Start the node for the first time; on new ports if its ports turn out to be taken
+        (another process may have bound them since they were chosen), unless it announces a
+        port (something else already forwards that one to ``port``)."""
+        for attempt in range(3):
+            self.spawn()
+            try:
+                self.wait_ready()
+                return
+            except (TimeoutError, RuntimeError):
+                if attempt == 2 or self.announce_port is not None:
+                    raise
+            self.port, self.bus_port = free_port(), free_port()
 
     def spawn(self) -> None:
         """Start the process without waiting for it to answer. Call it from the main thread:
@@ -164,9 +183,17 @@ class Node:
 
     def wait_ready(self) -> None:
         """Until the node answers ``PING`` (may run in any thread)."""
+
+        def ready() -> bool:
+            if not self.running:
+                log = self.directory / "valkey.log"
+                tail = log.read_text(errors="replace")[-1000:] if log.exists() else ""
+                raise RuntimeError(f"{self.name} exited; its log ends:\n{tail}")
+            return self.command("PING") == "PONG"
+
         try:
-            wait_for(lambda: self.command("PING") == "PONG", 10, f"{self.name} to start")
-        except TimeoutError:
+            wait_for(ready, 10, f"{self.name} to start")
+        except (TimeoutError, RuntimeError):
             self.kill()
             raise
 
