@@ -35,6 +35,12 @@ T = TypeVar("T")
 #: How long a command keeps retrying through a failover before it gives up.
 RETRY_DEADLINE = 10.0
 
+#: Errors worth another attempt. After a connection error valkey-py's cluster client
+#: disconnects every node at once, also connections another task is about to write to; that
+#: task then fails with an ``AttributeError`` (its writer is gone) before anything was sent,
+#: so it is safe to retry.
+_RETRIED: tuple[type[Exception], ...] = (*REDIRECT_ERRORS, AttributeError)
+
 
 def build_cluster(host: ClusterHost) -> ValkeyCluster:
     kwargs = connection_kwargs(host)
@@ -83,7 +89,7 @@ class ClusterShard:
         while True:
             try:
                 return await attempt()
-            except REDIRECT_ERRORS as error:
+            except _RETRIED as error:
                 if time.monotonic() > deadline:
                     raise ServerUnreachable(self.host.describe(), error) from error
             await asyncio.sleep(delay)
