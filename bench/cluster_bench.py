@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -293,6 +295,8 @@ def choose_layer(options: argparse.Namespace) -> Layer:
 def run_cluster(options: argparse.Namespace) -> int:
     """Start the clusters, measure, write ``cluster-<UTC>.{json,md}``; 1 if a run failed."""
     layer = choose_layer(options)
+    # A terminated run still stops its nodes and removes their directories (``finally``).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     unknown = set(options.workloads) - set(CLUSTER_WORKLOAD_KEYS)
     if unknown:
         raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")

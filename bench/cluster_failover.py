@@ -47,6 +47,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -640,6 +641,8 @@ def main() -> int:
     parser.add_argument("--measured", default="as installed", help="what build is measured")
     options = parser.parse_args()
     options.waits = [0, 1]
+    # A terminated run still stops its nodes and removes their directories (``finally``).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = scenarios(options)
     import importlib.metadata
 
