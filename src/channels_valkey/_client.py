@@ -68,9 +68,11 @@ def default_retry() -> Retry:
 
 
 #: Connection defaults for networks that drop idle connections (managed Valkey services,
-#: load balancers, NAT): TCP keepalive probes after a minute of silence, a PING before using a
-#: connection idle for 30 s, and a bounded connect so an unreachable host fails in seconds.
-#: Each can be overridden in the host's options.
+#: load balancers, NAT): TCP keepalive probes after a minute of silence and a bounded connect,
+#: so an unreachable host fails in seconds. Each can be overridden in the host's options.
+#: valkey-py's ``health_check_interval`` stays off by default: its check runs inside
+#: ``connect()``, and against an endpoint that accepts and at once closes (a proxy in front
+#: of a dead node) it reconnects inside itself without end, a hang instead of an error.
 MANAGED_DEFAULTS: dict[str, Any] = {
     "socket_keepalive": True,
     "socket_keepalive_options": {
@@ -78,7 +80,6 @@ MANAGED_DEFAULTS: dict[str, Any] = {
         for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
         if (option := getattr(socket, name, None)) is not None
     },
-    "health_check_interval": 30,
     "socket_connect_timeout": 5,
 }
 

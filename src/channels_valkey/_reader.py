@@ -136,11 +136,21 @@ class QueueReader:
                     self._stats.reconnected(self)
                 failing_since = last_error = None
                 if batch:
-                    await self._deliver(batch)
+                    await self._deliver_safely(batch)
         finally:
             if connection is not None:
                 await connection.disconnect()
             self._stats.closed(self)
+
+    async def _deliver_safely(self, batch: list[Popped]) -> None:
+        """Hand on a batch; a failure there is logged and the reader goes on, because the
+        receive() calls waiting on it would otherwise wait forever."""
+        try:
+            await self._deliver(batch)
+        except Exception:
+            logger.exception(
+                "Could not hand on %d message(s) popped from %s", len(batch), self.queue
+            )
 
     async def _connect(self, last_error: Exception | None) -> AbstractConnection:
         connection = await self.shard.reader_connection(self.queue, after=last_error)

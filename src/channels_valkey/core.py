@@ -382,15 +382,24 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self, shard: QueueServer, queue: str, channel: str
     ) -> Callable[[list[Popped]], Awaitable[None]]:
         async def deliver(batch: list[Popped]) -> None:
-            unclaimed: list[tuple[float, bytes]] = []
+            unclaimed: list[tuple[Popped, Message]] = []
             for popped in batch:
                 message = self._decode(popped)
                 if message is None:
                     continue
                 message.pop(RESERVED_KEY, None)
                 if not self._mailbox.offer(channel, popped.sent_at, message, keep=False):
-                    unclaimed.append((popped.sent_at, popped.payload))
-            if unclaimed:
-                await shard.requeue(queue, self.expiry, unclaimed)
+                    unclaimed.append((popped, message))
+            if not unclaimed:
+                return
+            items = [(popped.sent_at, popped.payload) for popped, _ in unclaimed]
+            try:
+                await shard.requeue(queue, self.expiry, items)
+            except Exception as error:
+                # Valkey cannot take them back now: keep them for this process's next
+                # receive() of the channel rather than lose them.
+                logger.warning("Kept %d message(s) for %s locally: %s", len(items), channel, error)
+                for popped, message in unclaimed:
+                    self._mailbox.offer(channel, popped.sent_at, message, keep=True)
 
         return deliver

@@ -174,3 +174,27 @@ async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) ->
         await layer.flush()
         await layer.close()
     assert seen == [True, False]
+
+
+async def test_a_message_that_cannot_go_back_to_valkey_is_kept(
+    valkey_server: ValkeyServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader pops for a receive() that was cancelled meanwhile and cannot requeue: the
+    message waits in this process for the channel's next receive(), and the reader lives on."""
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url])
+
+    async def refuse(*_: object) -> None:
+        raise ServerUnreachable(valkey_server.url, ConnectionError("injected"))
+
+    monkeypatch.setattr(_client.Shard, "requeue", refuse)
+    abandoned = asyncio.create_task(layer.receive("jobs"))
+    await readers_blocked(valkey_server, 1)
+    abandoned.cancel()
+    await layer.send("jobs", {"type": "m", "n": 1})  # popped, nobody waits, requeue fails
+    assert await receive(layer, "jobs") == {"type": "m", "n": 1}
+    await layer.send("jobs", {"type": "m", "n": 2})
+    assert await receive(layer, "jobs") == {"type": "m", "n": 2}
+    assert "Kept 1 message(s) for jobs locally" in caplog.text
+    await layer.flush()
+    await layer.close()
