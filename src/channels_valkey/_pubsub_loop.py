@@ -5,23 +5,17 @@ several loops (the server's, and a short-lived one per ``async_to_sync`` call), 
 gets its own :class:`LoopLayer`: its own publish pools, its own subscriber per shard (or per
 cluster primary), its own local channels. A channel is local to the loop it was made on.
 
-Closing without the user calling ``close()``: like the core layer's ``_loops``, each loop gets
-a *keeper* task waiting forever. ``asyncio.run()`` and ``async_to_sync`` cancel every task
-before closing their loop, and the keeper's cancellation is the signal to close this loop's
-connections while it can still run the I/O.
+It is closed with its loop, or by ``close()``, as ``_per_loop`` describes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import weakref
 from collections.abc import Callable
-from functools import partial
 from typing import cast
 
 from ._hosts import ClusterHost
+from ._per_loop import LoopOwned
 from ._pubsub_cluster import ClusterPlacement
 from ._pubsub_config import PubSubConfig
 from ._pubsub_server import Placement, PubSubHost, ServerPlacement
@@ -32,7 +26,7 @@ from .stats import StatsRecorder
 logger = logging.getLogger(__name__)
 
 
-class LoopLayer:
+class LoopLayer(LoopOwned):
     """Everything the pub/sub layer holds on one event loop; :meth:`aclose` closes it all."""
 
     def __init__(
@@ -55,12 +49,7 @@ class LoopLayer:
         )
         #: Per subscriber: local channels told about an outage and not yet about its end.
         self._missed: dict[object, set[str]] = {}
-        self._on_closed = on_closed
-        self._closing: asyncio.Future[None] | None = None
-        self._keeping = True
-        self._keeper = asyncio.get_running_loop().create_task(
-            self._keep(), name="channels_valkey pubsub loop keeper"
-        )
+        super().__init__(on_closed)
 
     def __repr__(self) -> str:
         return f"<LoopLayer {self.state!r} {self.placement!r}>"
@@ -165,65 +154,7 @@ class LoopLayer:
 
     # --- closing -------------------------------------------------------------------------
 
-    async def _keep(self) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self._keeping = False
-            if self._closing is None:  # else aclose() cancelled us and is awaiting us
-                await self.aclose()
-
-    async def aclose(self) -> None:
-        """Forget the local state, stop the subscribers, close the pools; safe to repeat."""
-        if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._closing)
-
-    async def _close(self) -> None:
-        self._on_closed()
+    async def _release(self) -> None:
+        """Forget the local state, stop the subscribers, close the pools."""
         self.state.clear(ChannelClosed("the channel layer was flushed or closed"))
         await self.placement.aclose()
-        if self._keeping:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-
-
-class LoopRegistry:
-    """Finds, or makes, the :class:`LoopLayer` of the running loop."""
-
-    def __init__(self, config: PubSubConfig, stats: StatsRecorder, drops: Drops) -> None:
-        self._config = config
-        self._stats = stats
-        self._drops = drops
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLayer] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def current(self) -> LoopLayer:
-        loop = asyncio.get_running_loop()
-        layer = self._by_loop.get(loop)
-        if layer is None:
-            # A weak reference: the entry must not keep its own key (the loop) alive.
-            layer = LoopLayer(
-                self._config,
-                self._stats,
-                self._drops,
-                partial(self._forget, weakref.ref(loop)),
-            )
-            self._by_loop[loop] = layer
-        return layer
-
-    def existing(self) -> LoopLayer | None:
-        """The running loop's :class:`LoopLayer`, without making one."""
-        return self._by_loop.get(asyncio.get_running_loop())
-
-    def _forget(self, loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
-        loop = loop_ref()
-        if loop is not None:
-            self._by_loop.pop(loop, None)
-
-    async def close_current(self) -> None:
-        layer = self.existing()
-        if layer is not None:
-            await layer.aclose()

@@ -29,8 +29,9 @@ from ._client import QueueServer, ReplicaWait
 from ._config import LayerConfig, build_config
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
-from ._loops import LoopRegistry, LoopResources
+from ._loops import LoopResources
 from ._messages import check_message
+from ._per_loop import PerLoop
 from ._plan import QueueWrite, plan_group_send
 from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
@@ -105,7 +106,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._stats = StatsRecorder()
         self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry, self._stats)
         self._normal_shards = itertools.cycle(range(self.ring_size))
-        self._loops = LoopRegistry(self.config.hosts)
+        self._loops = PerLoop(partial(LoopResources, self.config.hosts))
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
         self._receiving = 0

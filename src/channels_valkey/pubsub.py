@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from channels.layers import BaseChannelLayer
@@ -41,8 +42,9 @@ from ._cluster import check_cluster_host
 from ._hosts import ClusterHost
 from ._log import RateLimitedLog
 from ._messages import check_message
+from ._per_loop import PerLoop
 from ._pubsub_config import PubSubConfig, build_pubsub_config
-from ._pubsub_loop import LoopRegistry
+from ._pubsub_loop import LoopLayer
 from ._pubsub_state import Drops
 from .serializers import registry
 from .stats import LayerStats, StatsRecorder
@@ -100,7 +102,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         self._stats = StatsRecorder()
         self._undecodable = RateLimitedLog(logger)
-        self._loops = LoopRegistry(self.config, self._stats, Drops(self._stats))
+        self._loops = PerLoop(partial(LoopLayer, self.config, self._stats, Drops(self._stats)))
 
     @property
     def prefix(self) -> str:
