@@ -30,6 +30,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import _scripts
+from ._health import health_checked, take_interval
 from ._hosts import Host, SentinelHost, ServerHost
 from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
 
@@ -70,9 +71,7 @@ def default_retry() -> Retry:
 #: Connection defaults for networks that drop idle connections (managed Valkey services,
 #: load balancers, NAT): TCP keepalive probes after a minute of silence and a bounded connect,
 #: so an unreachable host fails in seconds. Each can be overridden in the host's options.
-#: valkey-py's ``health_check_interval`` stays off by default: its check runs inside
-#: ``connect()``, and against an endpoint that accepts and at once closes (a proxy in front
-#: of a dead node) it reconnects inside itself without end, a hang instead of an error.
+#: ``health_check_interval`` (on by default) is handled by ``_health``, not by valkey-py.
 MANAGED_DEFAULTS: dict[str, Any] = {
     "socket_keepalive": True,
     "socket_keepalive_options": {
@@ -108,7 +107,15 @@ def connection_kwargs(host: Host) -> dict[str, Any]:
 
 
 def build_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
-    """A connection pool for ``host``; no connection is opened until a command needs one."""
+    """A connection pool for ``host``; no connection is opened until a command needs one.
+    Its connections are health-checked (``_health``)."""
+    pool = _unchecked_pool(host)
+    interval = take_interval(pool.connection_kwargs, host.describe())
+    pool.connection_class = health_checked(pool.connection_class, interval)
+    return pool
+
+
+def _unchecked_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
     kwargs = connection_kwargs(host)
     if isinstance(host, SentinelHost):
         sentinel = Sentinel(  # type: ignore[no-untyped-call]

@@ -22,11 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from valkey.asyncio.cluster import ClusterNode, PipelineCommand, ValkeyCluster
-from valkey.asyncio.connection import AbstractConnection
+from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
 from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, ReplicaWait, connection_kwargs
+from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from .exceptions import ConfigurationError, ServerUnreachable
 
@@ -52,8 +53,17 @@ def build_cluster(host: ClusterHost) -> ValkeyCluster:
     # reload closes the connections of commands in flight, which valkey-py then resends, so a
     # message could be queued twice while slots move.
     kwargs.setdefault("reinitialize_steps", 0)
+    interval = take_interval(kwargs, host.describe())
     nodes = [ClusterNode(node_host, port) for node_host, port in host.startup_nodes]
-    return ValkeyCluster(startup_nodes=nodes, **kwargs)
+    client = ValkeyCluster(startup_nodes=nodes, **kwargs)
+    # valkey-py picks the connection class itself; every node it creates later, and the
+    # layers' own connections, read it from the client's connection options.
+    options = client.get_connection_kwargs()
+    checked = health_checked(cast("type[Connection]", options["connection_class"]), interval)
+    options["connection_class"] = checked
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = checked
+    return client
 
 
 def check_cluster_host(host: ClusterHost) -> None:

@@ -44,6 +44,7 @@ from valkey.exceptions import MovedError, ResponseError
 
 from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, TRANSIENT_ERRORS
 from ._cluster import RETRY_DEADLINE, build_cluster
+from ._health import without_health_check
 from ._hosts import ClusterHost
 from ._pubsub_state import ChannelClosed
 from ._pubsub_subscriber import Hooks, Subscriber
@@ -134,7 +135,7 @@ class NodeTarget:
         host, port = split_key(self.key)
         node = ClusterNode(host, port, **self._kwargs)  # the cluster client's connection options
         connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
-        return connection
+        return without_health_check(connection)
 
 
 class ClusterPlacement:

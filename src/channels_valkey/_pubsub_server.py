@@ -24,6 +24,7 @@ from valkey.asyncio.connection import AbstractConnection
 from valkey.asyncio.sentinel import SentinelConnectionPool
 
 from ._client import TRANSIENT_ERRORS, build_pool
+from ._health import without_health_check
 from ._hosts import SentinelHost, ServerHost
 from ._pubsub_subscriber import Hooks, Subscriber
 from ._sharding import shard_index
@@ -77,7 +78,7 @@ class PubSubServer:
     def subscriber_connection(self) -> AbstractConnection:
         """A new, unconnected connection outside the pool, for one subscriber to own."""
         connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
-        return connection
+        return without_health_check(connection)
 
     async def aclose(self) -> None:
         await self.client.aclose(close_connection_pool=True)

@@ -280,6 +280,20 @@ def test_connection_option_error_hides_the_password() -> None:
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        {"address": "valkey://localhost", "health_check_interval": -1},
+        {"address": "valkey://localhost", "health_check_interval": "30"},
+        {"sentinels": [("localhost", 26379)], "master_name": "m", "health_check_interval": None},
+        {"cluster": True, "startup_nodes": [("localhost", 7000)], "health_check_interval": -5},
+    ],
+)
+def test_bad_health_check_interval_fails_at_construction(host: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"health_check_interval must be a number"):
+        ValkeyChannelLayer(hosts=[host])
+
+
 def test_known_connection_options_are_accepted() -> None:
     custom = ValkeyChannelLayer(
         hosts=[
