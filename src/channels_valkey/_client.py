@@ -32,6 +32,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from . import _scripts
 from ._health import health_checked, take_interval
 from ._hosts import Host, SentinelHost, ServerHost
+from ._lane import Lane
 from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,10 @@ class Shard:
     def __init__(self, host: ServerHost | SentinelHost) -> None:
         self.host: Host = host
         self.pool = build_pool(host)
+        #: Rare commands (scans, pipelines) go through valkey-py's client, the hot path's
+        #: commands through the lane.
         self.client = Valkey(connection_pool=self.pool)
+        self.lane = Lane(self.pool)
 
     def __repr__(self) -> str:
         return f"<Shard {self.host.describe()}>"
@@ -218,7 +222,7 @@ class Shard:
         self, script: _scripts.Script, keys: list[str], args: list[_scripts.Arg]
     ) -> object:
         try:
-            return await script(self.client, keys, args)
+            return await script(self.lane, keys, args)
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.host.describe(), error) from error
 
@@ -276,14 +280,16 @@ class Shard:
 
     async def group_discard(self, group_key: str, channel: str) -> None:
         try:
-            await self.client.zrem(group_key, channel)
+            await self.lane.execute_command("ZREM", group_key, channel)
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.host.describe(), error) from error
 
     async def group_members(self, group_key: str, joined_after: float) -> list[str]:
         """Members that joined after ``joined_after``; older ones have expired."""
         try:
-            members = await self.client.zrangebyscore(group_key, f"({joined_after!r}", "+inf")
+            members = await self.lane.execute_command(
+                "ZRANGEBYSCORE", group_key, f"({joined_after!r}", "+inf"
+            )
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.host.describe(), error) from error
         return [member.decode("utf8") for member in members]
@@ -322,6 +328,7 @@ class Shard:
         return self.blocking_connection()
 
     async def aclose(self) -> None:
+        await self.lane.aclose()
         await self.client.aclose(close_connection_pool=True)
         if isinstance(self.pool, SentinelConnectionPool):
             # The pool asks the sentinels through clients of their own, which it does not close.

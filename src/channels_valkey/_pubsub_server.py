@@ -19,13 +19,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-from valkey.asyncio import Valkey
 from valkey.asyncio.connection import AbstractConnection
 from valkey.asyncio.sentinel import SentinelConnectionPool
 
 from ._client import TRANSIENT_ERRORS, build_pool
 from ._health import without_health_check
 from ._hosts import SentinelHost, ServerHost
+from ._lane import Lane
 from ._pubsub_subscriber import Hooks, Subscriber
 from ._sharding import shard_index
 from .exceptions import ServerUnreachable
@@ -60,7 +60,7 @@ class PubSubServer:
     def __init__(self, host: PubSubHost) -> None:
         self.host = host
         self.pool = build_pool(host)
-        self.client = Valkey(connection_pool=self.pool)
+        self.lane = Lane(self.pool)
 
     def __repr__(self) -> str:
         return f"<PubSubServer {self.host.describe()}>"
@@ -71,7 +71,7 @@ class PubSubServer:
     async def publish(self, name: str, payload: bytes) -> int:
         """``PUBLISH``; returns how many subscribed connections (in any process) got it."""
         try:
-            return int(await self.client.publish(name, payload))
+            return int(await self.lane.execute_command("PUBLISH", name, payload))
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.describe(), error) from error
 
@@ -81,7 +81,8 @@ class PubSubServer:
         return without_health_check(connection)
 
     async def aclose(self) -> None:
-        await self.client.aclose(close_connection_pool=True)
+        await self.lane.aclose()
+        await self.pool.disconnect()
         if isinstance(self.pool, SentinelConnectionPool):
             # The pool asks the sentinels through clients of their own, which it does not close.
             for sentinel in self.pool.sentinel_manager.sentinels:

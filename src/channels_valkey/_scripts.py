@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from valkey.exceptions import NoScriptError
 
 if TYPE_CHECKING:
-    from valkey.asyncio import Valkey
     from valkey.asyncio.cluster import ValkeyCluster
+
+    from ._lane import Lane
 
 Arg = str | bytes | int | float
 
@@ -33,7 +34,7 @@ class Script:
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
     async def __call__(
-        self, client: Valkey | ValkeyCluster, keys: list[str], args: list[Arg]
+        self, client: Lane | ValkeyCluster, keys: list[str], args: list[Arg]
     ) -> object:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         runner: Any = client  # valkey-py types execute_command on one client class only

@@ -168,7 +168,7 @@ async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) ->
     for layer in layers:
         await layer.send("keepalive", {"type": "m"})
         shard = layer._loops.current().shards[0]
-        connection = shard.pool._available_connections[0]  # type: ignore[attr-defined]
+        connection = shard.lane._free[0]  # type: ignore[attr-defined]
         sock = connection._writer.transport.get_extra_info("socket")
         seen.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         await layer.flush()
