@@ -65,20 +65,19 @@ class _HealthChecked(AbstractConnection):
         await super()._connect()  # type: ignore[safe-super,no-untyped-call]
         self._quiet_since = time.monotonic()
 
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        response = await super().read_response(*args, **kwargs)
-        self._quiet_since = time.monotonic()
-        return response
-
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
+        # Quiet is measured from the last command sent (its answer follows within the read
+        # timeout), so reads, the hot path's other half, carry no bookkeeping.
+        now = time.monotonic()
         if (
             self._probe_enabled
             and self.is_connected
-            and time.monotonic() - self._quiet_since > self.health_check_after
+            and now - self._quiet_since > self.health_check_after
         ):
             await self._probe()
+        self._quiet_since = now
         await super().send_packed_command(command, check_health)
 
     async def _probe(self) -> None:
@@ -92,7 +91,6 @@ class _HealthChecked(AbstractConnection):
         except (ValkeyConnectionError, ValkeyTimeoutError, OSError) as error:
             reply = error
         if reply in (b"PONG", "PONG"):
-            self._quiet_since = time.monotonic()
             return
         logger.info(
             "Reconnecting to %s: no answer to a health-check PING after %.0f s of quiet (%s)",

@@ -63,13 +63,15 @@ class QueueReader:
         self.queue = queue
         self._wake_key = wake_key
         self._command = ("BZMPOP", block, 2, queue, wake_key, "MIN", "COUNT", batch)
+        self._block = block
+        self._packed: list[bytes] = []  # the command as the connection encodes it
         self._wanted = wanted
         self._deliver = deliver
         self._fail = fail
         self._stats = stats
         self._stopping = False
-        self._linger = block
-        self._wanted_again = asyncio.Event()
+        #: Set while lingering: resolved True by poke() or stop(), False when the linger ends.
+        self._wanted_again: asyncio.Future[bool] | None = None
         self._warnings = RateLimitedLog(logger, interval=10.0)
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(), name=f"channels_valkey reader {queue}"
@@ -80,18 +82,21 @@ class QueueReader:
 
     def poke(self) -> None:
         """A ``receive()`` waits again: a lingering reader resumes popping."""
-        self._wanted_again.set()
+        _resolve(self._wanted_again, True)
 
     async def _still_wanted(self) -> bool:
-        """Linger a while when nobody waits, keeping the connection for the next receive()."""
+        """Linger a while when nobody waits, keeping the connection for the next receive().
+        (One future and one timer: this runs after every delivery.)"""
         if self._wanted():
             return True
-        self._wanted_again.clear()
+        loop = asyncio.get_running_loop()
+        wanted_again = self._wanted_again = loop.create_future()
+        timer = loop.call_later(self._block, _resolve, wanted_again, False)
         try:
-            await asyncio.wait_for(self._wanted_again.wait(), self._linger)
-        except asyncio.TimeoutError:
-            return False
-        return not self._stopping
+            return await wanted_again and not self._stopping
+        finally:
+            timer.cancel()
+            self._wanted_again = None
 
     @property
     def running(self) -> bool:
@@ -102,7 +107,7 @@ class QueueReader:
         if self.task.done():
             return
         self._stopping = True
-        self._wanted_again.set()
+        _resolve(self._wanted_again, True)
         try:
             await self.shard.wake(self._wake_key, 1)
         except TRANSIENT_ERRORS:
@@ -156,7 +161,8 @@ class QueueReader:
         connection = await self.shard.reader_connection(self.queue, after=last_error)
         # The server answers a blocking pop after `block` seconds at the latest; reading longer
         # than that (plus slack for a busy server) means the connection is dead.
-        connection.socket_timeout = self._command[1] + 10
+        connection.socket_timeout = self._block + 10
+        self._packed = connection.pack_command(*self._command)
         return connection
 
     async def _back_off(self, failing_since: float, error: Exception) -> bool:
@@ -176,7 +182,7 @@ class QueueReader:
         return True
 
     async def _pop(self, connection: AbstractConnection) -> list[Popped]:
-        await connection.send_command(*self._command)
+        await connection.send_packed_command(self._packed)
         try:
             reply = await connection.read_response(disconnect_on_error=False)
         except asyncio.CancelledError:
@@ -206,3 +212,8 @@ class QueueReader:
         if key != self.queue.encode("utf8"):
             return []  # a wake token
         return [Popped(payload, float(score)) for payload, score in items]
+
+
+def _resolve(future: asyncio.Future[bool] | None, value: bool) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)

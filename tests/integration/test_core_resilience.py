@@ -158,6 +158,40 @@ async def test_wait_for_replicas_without_a_replica_raises_not_replicated(
     await layer.close()
 
 
+async def test_a_send_cancelled_in_flight_leaves_no_answer_behind(
+    valkey_server: ValkeyServer,
+) -> None:
+    """The server holds writes back (``CLIENT PAUSE``) while a send is cancelled with its
+    command on the wire: the commands after it must still read their own answers, not the
+    cancelled one's (a group_send reading a send's answer would fail)."""
+    valkey_server.flushall()
+    admin = valkey_server.client()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url])
+    members = [await layer.new_channel() for _ in range(2)]
+    for member in members:
+        await layer.group_add("answers", member)
+    inbox = await layer.new_channel()
+    for n in range(5):
+        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+        task = asyncio.create_task(layer.send(inbox, {"type": "m", "n": n}))
+
+        def send_held() -> bool:
+            return any(c["cmd"] == "evalsha" and "b" in c["flags"] for c in admin.client_list())
+
+        await asyncio.to_thread(wait_for, send_held, timeout=5, describe="the send to be held")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        admin.execute_command("CLIENT", "UNPAUSE")
+        await layer.group_send("answers", {"type": "g", "n": n})
+        for member in members:
+            assert (await receive(layer, member))["n"] == n
+    await layer.send(inbox, {"type": "end"})
+    assert await receive(layer, inbox) == {"type": "end"}  # the cancelled sends never ran
+    await layer.flush()
+    await layer.close()
+
+
 async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) -> None:
     """Managed services drop idle connections: TCP keepalive is on unless turned off."""
     layers = [
