@@ -1,8 +1,9 @@
 """The only place that builds valkey-py clients, and the typed commands the layers send.
 
 A :class:`Shard` is one server (or one Sentinel-managed primary) as seen from one event loop:
-a connection pool for short commands and, for blocking pops, connections of its own. Nothing
-typed ``Any`` leaves this module: callers get ``bool``, ``int``, ``list[str]``...
+a connection pool, whose connections carry the hot path's commands through a ``_lane.Lane``
+and the rare ones through valkey-py's client, and, for blocking pops, connections of its own.
+Nothing typed ``Any`` leaves this module: callers get ``bool``, ``int``, ``list[str]``...
 """
 
 from __future__ import annotations
