@@ -287,8 +287,8 @@ def markdown(result: dict[str, Any]) -> str:
 def choose_layer(options: argparse.Namespace) -> Layer:
     wanted = [k.strip() for k in options.layers.split(",") if k.strip()] or ["ours"]
     chosen = [layer for layer in LAYERS if layer.key in wanted]
-    if len(chosen) != 1 or chosen[0].key not in ("ours", "ours+libvalkey"):
-        raise SystemExit("--cluster runs one layer: --layers ours (default) or ours+libvalkey")
+    if len(chosen) != 1 or chosen[0].key not in ("ours", "ours+pyparser"):
+        raise SystemExit("--cluster runs one layer: --layers ours (default) or ours+pyparser")
     return chosen[0]
 
 

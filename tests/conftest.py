@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from valkey._parsers import _AsyncRESP2Parser
 
 from cluster import ValkeyClusterGroup
 from servers import SentinelGroup, Topology, ValkeyServer
@@ -131,13 +132,20 @@ def cluster_failover_group() -> Iterator[ValkeyClusterGroup]:
 # The ``hosts`` matrix
 # --------------------------------------------------------------------------
 
-TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"]
+TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster", "python-parser"]
 
 
 def _build_topology(name: str, request: pytest.FixtureRequest) -> Topology:
     if name == "standalone":
         server: ValkeyServer = request.getfixturevalue("valkey_server")
         return Topology(name, [server.url], [server])
+    if name == "python-parser":
+        # valkey-py's pure-Python reply parser, which it uses whenever libvalkey (a dependency,
+        # so the parser of every other topology) cannot be imported.
+        server = request.getfixturevalue("valkey_server")
+        return Topology(
+            name, [{"address": server.url, "parser_class": _AsyncRESP2Parser}], [server]
+        )
     if name == "sharded":
         shards: list[ValkeyServer] = request.getfixturevalue("valkey_shards")
         # Every form a hosts entry may take, so parsing of each is covered.

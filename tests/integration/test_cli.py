@@ -74,6 +74,14 @@ def test_help_as_a_module() -> None:
     assert "inspect" in result.stdout
 
 
+#: Every deployment shape; the ``python-parser`` topology changes nothing the tool looks at (and
+#: a parser class cannot be given on the command line).
+every_deployment = pytest.mark.parametrize(
+    "topology", ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"], indirect=True
+)
+
+
+@every_deployment
 def test_check_passes_on_every_topology(
     topology: Topology, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -301,6 +309,7 @@ async def fill(hosts: list[Any]) -> str:
     return first[: first.index("!") + 1]
 
 
+@every_deployment
 def test_inspect_on_every_topology(topology: Topology, capsys: pytest.CaptureFixture[str]) -> None:
     process = asyncio.run(fill(topology.hosts))
     code, out, err = run_cli(capsys, "inspect", "--json", *hosts_args(topology.hosts))

@@ -38,7 +38,7 @@ SILENCE_TIMEOUT = 0.3
 OpenLayer = Callable[..., ValkeyPubSubChannelLayer]
 
 #: The topologies of the ``hosts`` fixture the pub/sub layer serves: all of them.
-PUBSUB_TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"]
+PUBSUB_TOPOLOGIES = ["standalone", "sharded", "unix", "tls", "sentinel", "cluster", "python-parser"]
 every_topology = pytest.mark.parametrize("topology", PUBSUB_TOPOLOGIES, indirect=True)
 
 
