@@ -1,10 +1,12 @@
 """Health checks: a ``PING`` before reusing a connection that has been quiet for too long.
 
 Managed Valkey services, load balancers and NAT gateways drop connections that stay idle, and
-a dropped connection may give no sign of it: no FIN, no RST. A command written to it then
-waits for TCP to give up, many minutes. So a connection that has been quiet for longer than
-``health_check_interval`` seconds is pinged before its next command, with a bounded wait; when
-no answer comes, it is closed and the command goes out on a fresh connection.
+a dropped connection may give no sign of it: no FIN, no RST. A command written to it is lost
+in silence, and its sender waits out the read timeout (``socket_timeout``, 5 s unless set
+otherwise; without one, until TCP gives up, many minutes) before trying again. So a connection
+that has sent nothing for longer than ``health_check_interval`` seconds is pinged before its
+next command, with a bounded wait; when no answer comes, it is closed and the command goes out
+on a fresh connection.
 
 valkey-py has an option of the same name, but runs its check inside ``connect()`` too, where a
 failed check reconnects inside itself: against an endpoint that accepts and at once closes (a
