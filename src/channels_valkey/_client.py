@@ -135,6 +135,16 @@ def _unchecked_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
     return ConnectionPool(**kwargs)
 
 
+async def close_connections(pool: ConnectionPool, lane: Lane) -> None:
+    """Close every connection made by ``pool``: the lane's, the pool's own, and those a
+    Sentinel-managed pool opened to ask the sentinels (it does not close those itself)."""
+    await lane.aclose()
+    await pool.disconnect()
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
+
+
 def check_host(host: ServerHost | SentinelHost) -> None:
     """Fail at construction on connection options valkey-py would only reject at connect time."""
     try:
@@ -329,9 +339,4 @@ class Shard:
         return self.blocking_connection()
 
     async def aclose(self) -> None:
-        await self.lane.aclose()
-        await self.client.aclose(close_connection_pool=True)
-        if isinstance(self.pool, SentinelConnectionPool):
-            # The pool asks the sentinels through clients of their own, which it does not close.
-            for sentinel in self.pool.sentinel_manager.sentinels:
-                await sentinel.aclose()
+        await close_connections(self.pool, self.lane)

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from valkey.asyncio.connection import AbstractConnection
-from valkey.asyncio.sentinel import SentinelConnectionPool
 
-from ._client import TRANSIENT_ERRORS, build_pool
+from ._client import TRANSIENT_ERRORS, build_pool, close_connections
 from ._health import without_health_check
 from ._hosts import SentinelHost, ServerHost
 from ._lane import Lane
@@ -81,12 +80,7 @@ class PubSubServer:
         return without_health_check(connection)
 
     async def aclose(self) -> None:
-        await self.lane.aclose()
-        await self.pool.disconnect()
-        if isinstance(self.pool, SentinelConnectionPool):
-            # The pool asks the sentinels through clients of their own, which it does not close.
-            for sentinel in self.pool.sentinel_manager.sentinels:
-                await sentinel.aclose()
+        await close_connections(self.pool, self.lane)
 
 
 class ServerPlacement:

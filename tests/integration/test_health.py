@@ -131,3 +131,26 @@ async def test_pubsub_subscriptions_are_not_disturbed_by_the_check(topology: Top
     assert await asyncio.wait_for(layer.receive(first), 5) == {"type": "hello"}
     assert await asyncio.wait_for(layer.receive(second), 5) == {"type": "hello"}
     await layer.close()
+
+
+async def test_a_refused_ping_still_counts_as_an_answer(valkey_server: ValkeyServer) -> None:
+    """An ACL user may lack ``PING``: the server answered, so the connection is alive and the
+    command goes on, on the same connection."""
+    valkey_server.flushall()
+    admin = valkey_server.client()
+    admin.execute_command("ACL", "SETUSER", "noping", "reset", "on", ">pw", "~*", "&*", "+@all")
+    admin.execute_command("ACL", "SETUSER", "noping", "-ping")
+    url = f"valkey://noping:pw@{valkey_server.host}:{valkey_server.port}"
+    layer = ValkeyChannelLayer(hosts=with_options([url], health_check_interval=INTERVAL))
+    direct = ValkeyChannelLayer(hosts=[valkey_server.url])
+    try:
+        await layer.send("jobs", {"type": "m", "n": 1})
+        connections = len(admin.client_list())
+        await quiet()
+        await layer.send("jobs", {"type": "m", "n": 2})
+        assert len(admin.client_list()) == connections  # not replaced
+        assert [(await direct.receive("jobs"))["n"] for _ in range(2)] == [1, 2]
+    finally:
+        await layer.close()
+        await direct.close()
+        admin.execute_command("ACL", "DELUSER", "noping")
