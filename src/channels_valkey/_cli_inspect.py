@@ -31,7 +31,7 @@ from ._cli_table import plural, table
 from ._client import Shard
 from ._cluster import build_cluster
 from ._hosts import ClusterHost, Host
-from ._keys import KeySpace
+from ._keys import UNDECODABLE_SUFFIX, KeySpace
 
 SCAN_COUNT = 1000
 
@@ -41,12 +41,19 @@ _WAKE_MARK = KeySpace("").wake("", "")
 INFLIGHT_SUFFIX = "$inflight"
 
 #: What each kind of key holds, for the summary line.
-_UNITS = {"channel": "message", "process": "message", "inflight": "message", "group": "member"}
+_UNITS = {
+    "channel": "message",
+    "process": "message",
+    "inflight": "message",
+    "undecodable": "message",
+    "group": "member",
+}
 
 
 @dataclass(frozen=True)
 class KeyStat:
-    """One key: its kind (``channel``, ``process``, ``inflight`` or ``group``), the channel or
+    """One key: its kind (``channel``, ``process``, ``inflight``, ``undecodable`` or
+    ``group``), the channel or
     group name, its size (messages, or members) and the age in seconds of its oldest entry
     (the oldest message's send time, or the oldest membership's join time)."""
 
@@ -82,6 +89,8 @@ def classify(key: str, prefix: str, *, hash_tags: bool) -> tuple[str, str] | Non
         return "group", _untag(rest[len(_GROUP_MARK) :], hash_tags)
     if rest.endswith(INFLIGHT_SUFFIX):
         return "inflight", _untag(rest[: -len(INFLIGHT_SUFFIX)], hash_tags)
+    if rest.endswith(UNDECODABLE_SUFFIX):
+        return "undecodable", _untag(rest[: -len(UNDECODABLE_SUFFIX)], hash_tags)
     name = _untag(rest, hash_tags)
     return ("process" if name.endswith("!") else "channel"), name
 
@@ -194,7 +203,7 @@ def render(inventory: Inventory, prefix: str) -> str:
         lines.append("")
     where = plural(len(inventory.servers), "server")
     lines.append(f"{plural(len(stats), 'key')} under prefix {prefix!r} on {where}")
-    for kind in ("channel", "process", "inflight", "group"):
+    for kind in ("channel", "process", "inflight", "undecodable", "group"):
         of_kind = [s for s in stats if s.kind == kind]
         if of_kind:
             total = sum(s.size for s in of_kind)

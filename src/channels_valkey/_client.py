@@ -34,6 +34,7 @@ from . import _scripts
 from ._health import health_checked, take_interval
 from ._hosts import Host, SentinelHost, ServerHost
 from ._lane import Lane
+from ._per_loop import release_dead
 from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,19 @@ async def close_connections(pool: ConnectionPool, lane: Lane) -> None:
             await sentinel.aclose()
 
 
+def pool_connections(pool: ConnectionPool) -> list[AbstractConnection]:
+    """Every connection ``pool`` made and still holds, and those of a Sentinel-managed pool's
+    sentinels (valkey-py offers no public list)."""
+    pools = [pool]
+    if isinstance(pool, SentinelConnectionPool):
+        pools += [sentinel.connection_pool for sentinel in pool.sentinel_manager.sentinels]
+    connections: list[AbstractConnection] = []
+    for each in pools:
+        connections += getattr(each, "_available_connections", [])
+        connections += getattr(each, "_in_use_connections", [])
+    return connections
+
+
 def check_host(host: ServerHost | SentinelHost) -> None:
     """Fail at construction on connection options valkey-py would only reject at connect time."""
     try:
@@ -213,6 +227,9 @@ class QueueServer(Protocol):
     ) -> AbstractConnection: ...
 
     async def aclose(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Close every connection without the event loop, which was closed under them."""
 
 
 class Shard:
@@ -340,3 +357,7 @@ class Shard:
 
     async def aclose(self) -> None:
         await close_connections(self.pool, self.lane)
+
+    def abandon(self) -> None:
+        for connection in [*self.lane.idle_connections(), *pool_connections(self.pool)]:
+            release_dead(connection)

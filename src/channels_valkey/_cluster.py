@@ -29,6 +29,7 @@ from . import _scripts
 from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, ReplicaWait, connection_kwargs
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
+from ._per_loop import release_dead
 from .exceptions import ConfigurationError, ServerUnreachable
 
 T = TypeVar("T")
@@ -64,6 +65,27 @@ def build_cluster(host: ClusterHost) -> ValkeyCluster:
     for node in client.nodes_manager.startup_nodes.values():
         node.connection_class = checked
     return client
+
+
+def abandon_cluster(client: ValkeyCluster) -> None:
+    """Close a cluster client whose event loop was closed under it (see ``_per_loop``): its
+    nodes' connections, and the client itself, which valkey-py would otherwise report as
+    unclosed when it is collected (its ``aclose()`` needs the loop)."""
+    for connection in cluster_connections(client):
+        release_dead(connection)
+    client._initialize = True  # what aclose() leaves behind
+
+
+def cluster_connections(client: ValkeyCluster) -> list[AbstractConnection]:
+    """Every connection the cluster client's nodes hold (valkey-py offers no public list)."""
+    nodes_manager = client.nodes_manager
+    nodes = [*nodes_manager.nodes_cache.values(), *nodes_manager.startup_nodes.values()]
+    connections = {
+        id(connection): connection
+        for node in nodes
+        for connection in getattr(node, "_connections", [])
+    }
+    return list(connections.values())
 
 
 def check_cluster_host(host: ClusterHost) -> None:
@@ -267,6 +289,9 @@ class ClusterShard:
         kwargs = {**node.connection_kwargs, "host": host, "port": port}
         connection: AbstractConnection = node.connection_class(**kwargs)
         return connection
+
+    def abandon(self) -> None:
+        abandon_cluster(self.client)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 RESERVED_KEY = "__asgi_channel__"
 
 
+#: Ends the key of messages kept for inspection because their process could not decode them.
+UNDECODABLE_SUFFIX = "$undecodable"
+
+
 def is_process_local(channel: str) -> bool:
     return "!" in channel
 
@@ -53,6 +57,11 @@ class KeySpace:
     def wake(self, queue_key: str, reader: str) -> str:
         """A key a stopping reader blocks on beside its queue (see ``_reader``)."""
         return f"{queue_key}$wake:{reader}"
+
+    def undecodable(self, queue_key: str) -> str:
+        """Where messages of a process queue that its process could not decode are kept
+        for inspection (see ``core``)."""
+        return f"{queue_key}{UNDECODABLE_SUFFIX}"
 
     def pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every key under this prefix."""

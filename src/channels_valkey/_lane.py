@@ -69,6 +69,9 @@ class Lane:
     async def script_load(self, source: str) -> None:
         await self.execute_command("SCRIPT", "LOAD", source)
 
+    def idle_connections(self) -> list[AbstractConnection]:
+        return list(self._free)
+
     async def aclose(self) -> None:
         """Close the idle connections; those in use close when their command ends."""
         self._closed = True

@@ -24,10 +24,17 @@ class LoopResources(LoopOwned):
         self.readers: dict[tuple[int, str], QueueReader] = {}
         super().__init__(on_closed)
 
+    def __repr__(self) -> str:
+        shards = ", ".join(repr(shard) for shard in self.shards)
+        return f"<LoopResources [{shards}] readers={len(self.readers)}>"
+
     def reader(self, shard_index: int, queue: str) -> QueueReader | None:
         """The running reader of ``queue`` on that shard, if any."""
         reader = self.readers.get((shard_index, queue))
         return reader if reader is not None and reader.running else None
+
+    def readers_of(self, queue: str) -> list[QueueReader]:
+        return [reader for (_, key), reader in self.readers.items() if key == queue]
 
     def add_reader(self, shard_index: int, reader: QueueReader) -> None:
         self.readers[(shard_index, reader.queue)] = reader
@@ -36,6 +43,12 @@ class LoopResources(LoopOwned):
     def _forget(self, shard_index: int, reader: QueueReader) -> None:
         if self.readers.get((shard_index, reader.queue)) is reader:
             del self.readers[(shard_index, reader.queue)]
+
+    def _abandon(self) -> None:
+        for reader in self.readers.values():
+            reader.abandon()
+        for shard in self.shards:
+            shard.abandon()
 
     async def _release(self) -> None:
         """Stop the readers (they hand on what they popped), then close the connections."""

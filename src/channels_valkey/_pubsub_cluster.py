@@ -43,7 +43,7 @@ from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
 from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, TRANSIENT_ERRORS
-from ._cluster import RETRY_DEADLINE, build_cluster
+from ._cluster import RETRY_DEADLINE, abandon_cluster, build_cluster
 from ._health import without_health_check
 from ._hosts import ClusterHost
 from ._pubsub_state import ChannelClosed
@@ -278,6 +278,12 @@ class ClusterPlacement:
         return subscriber.adopt(name, future)
 
     # --- closing -------------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        self._closed = True
+        for subscriber in self.subscribers:
+            subscriber.abandon()
+        abandon_cluster(self.client)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -90,6 +90,8 @@ class LoopLayer(LoopOwned):
         try:
             await self.placement.subscribe(channel)
             item = await inbox.get()
+        except GeneratorExit:
+            raise  # its loop was closed under it: nothing of that loop can run any more
         except BaseException:
             inbox.receivers -= 1
             if not inbox.receivers:
@@ -153,6 +155,9 @@ class LoopLayer(LoopOwned):
             self.state.notify(channels, {"type": self.config.on_reconnect})
 
     # --- closing -------------------------------------------------------------------------
+
+    def _abandon(self) -> None:
+        self.placement.abandon()
 
     async def _release(self) -> None:
         """Forget the local state, stop the subscribers, close the pools."""

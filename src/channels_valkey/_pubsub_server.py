@@ -21,10 +21,11 @@ from typing import Protocol
 
 from valkey.asyncio.connection import AbstractConnection
 
-from ._client import TRANSIENT_ERRORS, build_pool, close_connections
+from ._client import TRANSIENT_ERRORS, build_pool, close_connections, pool_connections
 from ._health import without_health_check
 from ._hosts import SentinelHost, ServerHost
 from ._lane import Lane
+from ._per_loop import release_dead
 from ._pubsub_subscriber import Hooks, Subscriber
 from ._sharding import shard_index
 from .exceptions import ServerUnreachable
@@ -54,6 +55,9 @@ class Placement(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def abandon(self) -> None:
+        """Close every connection without the event loop, which was closed under them."""
+
 
 class PubSubServer:
     def __init__(self, host: PubSubHost) -> None:
@@ -81,6 +85,10 @@ class PubSubServer:
 
     async def aclose(self) -> None:
         await close_connections(self.pool, self.lane)
+
+    def abandon(self) -> None:
+        for connection in [*self.lane.idle_connections(), *pool_connections(self.pool)]:
+            release_dead(connection)
 
 
 class ServerPlacement:
@@ -114,6 +122,12 @@ class ServerPlacement:
 
     def describe(self, key: object) -> str:
         return self.servers[key].describe() if isinstance(key, int) else str(key)
+
+    def abandon(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber.abandon()
+        for server in self.servers:
+            server.abandon()
 
     async def aclose(self) -> None:
         await asyncio.gather(*(subscriber.aclose() for subscriber in self._subscribers))

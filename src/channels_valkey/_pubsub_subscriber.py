@@ -49,6 +49,7 @@ from valkey.exceptions import AskError, ClusterDownError, MovedError, ResponseEr
 
 from ._client import TRANSIENT_ERRORS
 from ._log import RateLimitedLog
+from ._per_loop import quiet, release_dead
 from ._pubsub_state import ChannelClosed
 from ._pubsub_wire import (
     PING,
@@ -278,6 +279,16 @@ class Subscriber:
         self._wanted.clear()
         self._stats.closed(self)
 
+    def abandon(self) -> None:
+        """Release the connection and silence the tasks of an event loop that was closed
+        under them (see ``_per_loop``)."""
+        self._closed = True
+        for task in [*self._tasks, *([self._relocating] if self._relocating else [])]:
+            quiet(task)
+        if self._link is not None:
+            release_dead(self._link.connection)
+        self._stats.closed(self)
+
     def _send(self, op: Op) -> None:
         """Queue ``op`` for the writer; without a connection, the next one re-subscribes."""
         if self._link is None:
@@ -472,6 +483,8 @@ class Subscriber:
                 continue
             try:
                 await self._serve(link)
+            except GeneratorExit:
+                raise  # its loop was closed under it: abandon() releases the connection
             except Exception as error:
                 self._failed(error)
                 await self._drop(link, notify=True)

@@ -5,11 +5,15 @@ loses whatever the server had already popped for it. ``receive()`` calls get can
 time (a websocket closes), so they only ever wait on a future (``_receiver``); the pop itself
 runs here, and is never abandoned:
 
-- the reader pops only while ``wanted()`` says some ``receive()`` waits for its queue, and
-  stops after the first pop that finds nobody waiting (or after ``block`` seconds idle);
+- the reader starts a pop only while a ``receive()`` waits for its queue, and pops no more
+  than ``demand()`` allows (the room in the buffers of reading channels, see ``_receiver``);
+  held back by a full buffer it waits for a ``poke()``; with nobody waiting it lingers
+  ``block`` seconds for the next ``receive()``, then stops;
 - when the task is cancelled (its event loop is shutting down) while a pop is in flight, it
   pushes a token to its *wake key*, which the same ``BZMPOP`` watches after the queue, so the
   pop returns at once; it reads that answer and hands on any messages before it stops;
+- when its event loop was closed without cancelling it, :meth:`QueueReader.abandon` closes its
+  connection, which ends the pop on the server;
 - a dropped connection is reopened with backoff; after ``RECONNECT_DEADLINE`` seconds without
   success, the reader gives up and ``fail()`` reports :class:`ServerUnreachable` to the waiters.
 """
@@ -28,12 +32,17 @@ from valkey.exceptions import MovedError
 
 from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
+from ._per_loop import quiet, release_dead
+from ._receiver import Demand
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_DEADLINE = 30.0
+#: Seconds a reader waits after putting back a message this process cannot decode, so that a
+#: process that can takes it.
+UNUSABLE_PAUSE = 1.0
 _BACKOFF_CAP = 1.0
 
 
@@ -54,24 +63,28 @@ class QueueReader:
         *,
         batch: int,
         block: float,
-        wanted: Callable[[], bool],
-        deliver: Callable[[list[Popped]], Awaitable[None]],
+        demand: Callable[[str, int], Demand],
+        deliver: Callable[[list[Popped]], Awaitable[bool]],
         fail: Callable[[BaseException], None],
         stats: StatsRecorder,
     ) -> None:
+        """``deliver`` hands a batch on and returns ``False`` when a message went back to
+        Valkey because this process could not use it: the reader then pauses, so that
+        another process can take it."""
         self.shard = shard
         self.queue = queue
         self._wake_key = wake_key
-        self._command = ("BZMPOP", block, 2, queue, wake_key, "MIN", "COUNT", batch)
+        self._batch = batch
         self._block = block
-        self._packed: list[bytes] = []  # the command as the connection encodes it
-        self._wanted = wanted
+        self._connection: AbstractConnection | None = None
+        self._packed: dict[int, list[bytes]] = {}  # BZMPOP by count, as the connection encodes it
+        self._demand = demand
         self._deliver = deliver
         self._fail = fail
         self._stats = stats
         self._stopping = False
-        #: Set while lingering: resolved True by poke() or stop(), False when the linger ends.
-        self._wanted_again: asyncio.Future[bool] | None = None
+        #: Set while waiting for demand: resolved True by poke() or stop().
+        self._poked: asyncio.Future[bool] | None = None
         self._warnings = RateLimitedLog(logger, interval=10.0)
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(), name=f"channels_valkey reader {queue}"
@@ -81,22 +94,12 @@ class QueueReader:
         return f"<QueueReader {self.queue} on {self.shard!r}>"
 
     def poke(self) -> None:
-        """A ``receive()`` waits again: a lingering reader resumes popping."""
-        _resolve(self._wanted_again, True)
+        """A ``receive()`` waits again, or a full buffer has room: look at the demand again."""
+        _resolve(self._poked, True)
 
-    async def _still_wanted(self) -> bool:
-        """Linger a while when nobody waits, keeping the connection for the next receive().
-        (One future and one timer: this runs after every delivery.)"""
-        if self._wanted():
-            return True
-        loop = asyncio.get_running_loop()
-        wanted_again = self._wanted_again = loop.create_future()
-        timer = loop.call_later(self._block, _resolve, wanted_again, False)
-        try:
-            return await wanted_again and not self._stopping
-        finally:
-            timer.cancel()
-            self._wanted_again = None
+    @property
+    def wake_key(self) -> str:
+        return self._wake_key
 
     @property
     def running(self) -> bool:
@@ -107,62 +110,108 @@ class QueueReader:
         if self.task.done():
             return
         self._stopping = True
-        _resolve(self._wanted_again, True)
+        _resolve(self._poked, True)
         try:
             await self.shard.wake(self._wake_key, 1)
         except TRANSIENT_ERRORS:
             self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
 
+    def abandon(self) -> None:
+        """Release what this reader holds after its event loop was closed under it: closing
+        the connection ends its pop on the server, so the pop takes nothing more."""
+        quiet(self.task)
+        if self._connection is not None:
+            release_dead(self._connection)
+            self._connection = None
+        self._stats.closed(self)
+
     async def _run(self) -> None:
-        connection: AbstractConnection | None = None
+        try:
+            await self._read()
+        except GeneratorExit:
+            raise  # its loop was closed under it: abandon() releases the connection
+        except BaseException:
+            await self._disconnect()
+            raise
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect()
+        self._stats.closed(self)
+
+    async def _read(self) -> None:
         failing_since: float | None = None
         last_error: Exception | None = None
-        try:
-            while not self._stopping and await self._still_wanted():
-                if connection is None:
-                    connection = await self._connect(last_error)
-                try:
-                    batch = await self._pop(connection)
-                except REDIRECT_ERRORS as error:
-                    await connection.disconnect()
-                    connection, last_error = None, error
-                    if isinstance(error, MovedError):
-                        continue  # the slot moved: follow it at once, nothing is wrong
-                    self._stats.disconnected(self)
-                    failing_since = failing_since or time.monotonic()
-                    if not await self._back_off(failing_since, error):
-                        return
-                    continue
-                except Exception as error:  # a server refusal: retrying would not help
-                    self._fail(error)
+        while count := await self._next_count():
+            if self._connection is None:
+                self._connection = await self._connect(last_error)
+            try:
+                batch = await self._pop(self._connection, count)
+            except REDIRECT_ERRORS as error:
+                await self._disconnect()
+                last_error = error
+                if isinstance(error, MovedError):
+                    continue  # the slot moved: follow it at once, nothing is wrong
+                self._stats.disconnected(self)
+                failing_since = failing_since or time.monotonic()
+                if not await self._back_off(failing_since, error):
                     return
-                if failing_since is not None:
-                    self._stats.reconnected(self)
-                failing_since = last_error = None
-                if batch:
-                    await self._deliver_safely(batch)
-        finally:
-            if connection is not None:
-                await connection.disconnect()
-            self._stats.closed(self)
+                continue
+            except Exception as error:  # a server refusal: retrying would not help
+                self._fail(error)
+                return
+            if failing_since is not None:
+                self._stats.reconnected(self)
+            failing_since = last_error = None
+            if batch and not await self._deliver_safely(batch):
+                await self._pause(UNUSABLE_PAUSE)
 
-    async def _deliver_safely(self, batch: list[Popped]) -> None:
+    async def _next_count(self) -> int:
+        """How many entries to pop next; 0 once nobody has waited for ``block`` seconds (or
+        the reader is stopping)."""
+        while not self._stopping:
+            demand = self._demand(self.queue, self._batch)
+            if demand.count:
+                return demand.count
+            idle = demand.recheck is None
+            poked = await self._pause(self._block if idle else cast(float, demand.recheck))
+            if idle and not poked:
+                return 0
+        return 0
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a ``poke()``; whether one came. (One future and one
+        timer: this runs whenever nobody waits after a delivery.)"""
+        loop = asyncio.get_running_loop()
+        poked: asyncio.Future[bool] = loop.create_future()
+        self._poked = poked
+        timer = loop.call_later(seconds, _resolve, poked, False)
+        try:
+            return await poked
+        finally:
+            timer.cancel()
+            self._poked = None
+
+    async def _deliver_safely(self, batch: list[Popped]) -> bool:
         """Hand on a batch; a failure there is logged and the reader goes on, because the
         receive() calls waiting on it would otherwise wait forever."""
         try:
-            await self._deliver(batch)
+            return await self._deliver(batch)
         except Exception:
             logger.exception(
                 "Could not hand on %d message(s) popped from %s", len(batch), self.queue
             )
+            return True
 
     async def _connect(self, last_error: Exception | None) -> AbstractConnection:
         connection = await self.shard.reader_connection(self.queue, after=last_error)
         # The server answers a blocking pop after `block` seconds at the latest; reading longer
         # than that (plus slack for a busy server) means the connection is dead.
         connection.socket_timeout = self._block + 10
-        self._packed = connection.pack_command(*self._command)
+        self._packed.clear()
         return connection
 
     async def _back_off(self, failing_since: float, error: Exception) -> bool:
@@ -181,8 +230,13 @@ class QueueReader:
         await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
         return True
 
-    async def _pop(self, connection: AbstractConnection) -> list[Popped]:
-        await connection.send_packed_command(self._packed)
+    async def _pop(self, connection: AbstractConnection, count: int) -> list[Popped]:
+        packed = self._packed.get(count)
+        if packed is None:
+            packed = self._packed[count] = connection.pack_command(
+                "BZMPOP", self._block, 2, self.queue, self._wake_key, "MIN", "COUNT", count
+            )
+        await connection.send_packed_command(packed)
         try:
             reply = await connection.read_response(disconnect_on_error=False)
         except asyncio.CancelledError:

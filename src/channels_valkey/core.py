@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,7 @@ from ._client import QueueServer, ReplicaWait
 from ._config import LayerConfig, build_config
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
+from ._log import RateLimitedLog
 from ._loops import LoopResources
 from ._messages import check_message
 from ._per_loop import PerLoop
@@ -37,7 +38,7 @@ from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
 from ._servers import check_server
 from ._sharding import shard_index
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ServerUnreachable
 from .serializers import registry
 from .stats import LayerStats, StatsRecorder
 
@@ -104,9 +105,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
         self._stats = StatsRecorder()
-        self._mailbox = Mailbox(self.config.capacity_of, self.config.expiry, self._stats)
+        self._mailbox = Mailbox(
+            self.config.capacity_of, self.config.expiry, self._stats, on_room=self._poke_readers
+        )
         self._normal_shards = itertools.cycle(range(self.ring_size))
-        self._loops = PerLoop(partial(LoopResources, self.config.hosts))
+        self._loops = PerLoop(
+            partial(LoopResources, self.config.hosts), on_dead_loop=self._forget_loop
+        )
+        self._undecodable_log = RateLimitedLog(logger)
+        #: (shard index, wake key) of pops that loops closed without cleanup left behind.
+        self._dead_pops: list[tuple[int, str]] = []
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
         self._receiving = 0
@@ -162,7 +170,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             message = {**message, RESERVED_KEY: channel}
         name = non_local_name(channel)
         payload = self._serializer.serialize(message)
-        shard = self._loops.current().shards[self._send_shard(channel)]
+        shard = (await self._resources()).shards[self._send_shard(channel)]
         queued = await shard.send(
             self._keys.queue(name),
             time.time(),
@@ -185,8 +193,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.require_valid_channel_name(channel)
         if is_process_local(channel):
             self._check_owned(channel)
-        resources = self._loops.current()
-        self._enter_receive()
+        resources = await self._resources()
+        loop = asyncio.get_running_loop()
+        self._enter_receive(loop)
         try:
             message = self._mailbox.take(channel)
             if message is not None:
@@ -197,6 +206,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             try:
                 self._start_readers(resources, channel, queue)
                 _, message = await future
+            except GeneratorExit:
+                raise  # its loop was closed under it: _forget_loop() took care of the future
             except BaseException:
                 self._mailbox.done_waiting(channel, queue, future, returned=False)
                 raise
@@ -204,7 +215,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._stats.messages_received += 1
             return message
         finally:
-            self._leave_receive()
+            self._leave_receive(loop)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-local channel name that this layer can receive on."""
@@ -217,22 +228,22 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._group_shard(group).group_add(
+        await (await self._group_shard(group)).group_add(
             self._keys.group(group), channel, self.group_expiry
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._group_shard(group).group_discard(self._keys.group(group), channel)
+        await (await self._group_shard(group)).group_discard(self._keys.group(group), channel)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every member; members at capacity are skipped and counted."""
         self.require_valid_group_name(group)
         check_message(message)
-        shards = self._loops.current().shards
+        shards = (await self._resources()).shards
         now = time.time()
-        members = await self._group_shard(group).group_members(
+        members = await (await self._group_shard(group)).group_members(
             self._keys.group(group), now - self.group_expiry
         )
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
@@ -259,7 +270,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def flush(self) -> None:
         """Delete every key under this layer's prefix on every shard (``SCAN``, not ``KEYS``)."""
-        shards = self._loops.current().shards
+        shards = (await self._resources()).shards
         await asyncio.gather(*(shard.delete_matching(self._keys.pattern()) for shard in shards))
         self._mailbox.clear()
 
@@ -277,8 +288,20 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- internals -------------------------------------------------------------------------
 
-    def _group_shard(self, group: str) -> QueueServer:
-        return self._loops.current().shards[shard_index(group, self.ring_size)]
+    async def _resources(self) -> LoopResources:
+        """This loop's connections and readers; first, blocking pops left on the servers by
+        loops closed under them are ended, so they cannot take a message sent from now on."""
+        resources = self._loops.current()
+        while self._dead_pops:
+            index, wake_key = self._dead_pops.pop()
+            try:
+                await resources.shards[index].wake(wake_key, 1)
+            except ServerUnreachable as error:  # its connection is closed anyway
+                logger.debug("Could not wake a pop of a closed loop on %s: %s", wake_key, error)
+        return resources
+
+    async def _group_shard(self, group: str) -> QueueServer:
+        return (await self._resources()).shards[shard_index(group, self.ring_size)]
 
     def _send_shard(self, channel: str) -> int:
         """A process-local channel's queue lives on the shard its name hashes to. Messages for
@@ -296,8 +319,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 "process or layer instance (only the layer whose new_channel() made it can)"
             )
 
-    def _enter_receive(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _enter_receive(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._receiving and self._receive_loop is not loop:
             raise RuntimeError(
                 "receive() is already running on this layer in another event loop; a layer "
@@ -306,10 +328,30 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._receive_loop = loop
         self._receiving += 1
 
-    def _leave_receive(self) -> None:
+    def _leave_receive(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._receive_loop is not loop:
+            return  # a receive() of a loop closed under it, already forgotten
         self._receiving -= 1
         if not self._receiving:
             self._receive_loop = None
+
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop, resources: LoopResources) -> None:
+        """``loop`` was closed without cleanup: its receive() calls will never return (what
+        they were handed goes to the next receive() on any loop), and its readers' pops may
+        still block on the servers (the next operation ends them, see ``_resources``)."""
+        self._mailbox.forget_loop(loop)
+        self._dead_pops += [
+            (index, reader.wake_key) for (index, _), reader in resources.readers.items()
+        ]
+        if self._receive_loop is loop:
+            self._receive_loop, self._receiving = None, 0
+
+    def _poke_readers(self, queue: str) -> None:
+        """A full buffer has room again: the readers of ``queue`` may pop more."""
+        resources = self._loops.existing()
+        if resources is not None:
+            for reader in resources.readers_of(queue):
+                reader.poke()
 
     def _start_readers(self, resources: LoopResources, channel: str, queue: str) -> None:
         """Make sure the queue holding ``channel`` is being popped on the shard(s) it lives on.
@@ -331,9 +373,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 continue
             shard = resources.shards[index]
             deliver = (
-                self._deliver_local
+                partial(self._deliver_local, shard, queue)
                 if is_process_local(channel)
-                else self._normal_sink(shard, queue, channel)
+                else partial(self._deliver_normal, shard, queue, channel)
             )
             reader = QueueReader(
                 shard,
@@ -341,15 +383,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._keys.wake(queue, self.client_prefix),
                 batch=batch,
                 block=BLOCK_SECONDS,
-                wanted=partial(self._mailbox.wanted, queue),
+                demand=self._mailbox.demand,
                 deliver=deliver,
                 fail=partial(self._mailbox.fail, queue),
                 stats=self._stats,
             )
             resources.add_reader(index, reader)
-
-    def _local_payload(self, message: Message, channels: tuple[str, ...]) -> bytes:
-        return self._serializer.serialize({**message, RESERVED_KEY: list(channels)})
 
     def _payload_for(self, write: QueueWrite, message: Message, shared: bytes) -> bytes:
         """A process queue's copy names its member channels; normal channels share one."""
@@ -357,50 +396,89 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             return shared
         return self._serializer.serialize({**message, RESERVED_KEY: list(write.local_channels)})
 
-    def _decode(self, popped: Popped) -> Message | None:
+    def _decode(self, popped: Popped, queue: str) -> Message | None:
+        """The message, or ``None`` (logged, rate-limited, and counted) when this process
+        cannot decode it: another serializer, or encryption keys it lacks."""
         try:
             message: Message = self._serializer.deserialize(popped.payload)
-        except Exception:
-            logger.exception("Dropped a message that could not be decoded")
+        except Exception as error:
+            self._stats.undecodable += 1
+            self._undecodable_log.warning(
+                "Could not decode a message popped from %s (%s: %s); is every process "
+                "configured with the same serializer_format and symmetric_encryption_keys?",
+                queue,
+                type(error).__name__,
+                error,
+            )
             return None
         return message
 
-    async def _deliver_local(self, batch: list[Popped]) -> None:
+    async def _deliver_local(self, shard: QueueServer, queue: str, batch: list[Popped]) -> bool:
+        """Hand on what was popped from this process's queue. Nobody else reads that queue,
+        so what this process cannot decode is kept aside in Valkey for inspection."""
+        undecodable: list[Popped] = []
         for popped in batch:
-            message = self._decode(popped)
+            message = self._decode(popped, queue)
             if message is None:
+                undecodable.append(popped)
                 continue
             targets = message.pop(RESERVED_KEY, None)
             if isinstance(targets, str):
-                self._mailbox.offer(targets, popped.sent_at, message, keep=True)
+                self._mailbox.offer(targets, queue, popped.sent_at, message, keep=True)
             elif isinstance(targets, list):
                 for target in targets:
-                    self._mailbox.offer(target, popped.sent_at, dict(message), keep=True)
+                    self._mailbox.offer(target, queue, popped.sent_at, dict(message), keep=True)
             else:
                 logger.warning("Dropped a message without %s in a process queue", RESERVED_KEY)
+        if undecodable:
+            items = [(popped.sent_at, popped.payload) for popped in undecodable]
+            await shard.requeue(self._keys.undecodable(queue), self.expiry, items)
+        return True
 
-    def _normal_sink(
-        self, shard: QueueServer, queue: str, channel: str
-    ) -> Callable[[list[Popped]], Awaitable[None]]:
-        async def deliver(batch: list[Popped]) -> None:
-            unclaimed: list[tuple[Popped, Message]] = []
-            for popped in batch:
-                message = self._decode(popped)
-                if message is None:
-                    continue
-                message.pop(RESERVED_KEY, None)
-                if not self._mailbox.offer(channel, popped.sent_at, message, keep=False):
-                    unclaimed.append((popped, message))
-            if not unclaimed:
-                return
-            items = [(popped.sent_at, popped.payload) for popped, _ in unclaimed]
-            try:
-                await shard.requeue(queue, self.expiry, items)
-            except Exception as error:
-                # Valkey cannot take them back now: keep them for this process's next
-                # receive() of the channel rather than lose them.
-                logger.warning("Kept %d message(s) for %s locally: %s", len(items), channel, error)
-                for popped, message in unclaimed:
-                    self._mailbox.offer(channel, popped.sent_at, message, keep=True)
+    async def _deliver_normal(
+        self, shard: QueueServer, queue: str, channel: str, batch: list[Popped]
+    ) -> bool:
+        """Hand a normal channel's messages to waiting receive() calls. Another process may
+        want what nobody here waits for, or what this process cannot decode, so that goes
+        back to Valkey untouched, at its place in the queue; ``False`` when something could
+        not be decoded (the reader then pauses, leaving it to a process that can)."""
+        unclaimed: list[tuple[Popped, Message | None]] = []
+        decoded = True
+        for popped in batch:
+            if not self._mailbox.has_waiter(channel):
+                unclaimed.append((popped, None))
+                continue
+            message = self._decode(popped, queue)
+            if message is None:
+                decoded = False
+                unclaimed.append((popped, None))
+                continue
+            message.pop(RESERVED_KEY, None)
+            if not self._mailbox.offer(channel, queue, popped.sent_at, message, keep=False):
+                unclaimed.append((popped, message))
+        if unclaimed:
+            await self._put_back(shard, queue, channel, unclaimed, decoded=decoded)
+        return decoded
 
-        return deliver
+    async def _put_back(
+        self,
+        shard: QueueServer,
+        queue: str,
+        channel: str,
+        unclaimed: list[tuple[Popped, Message | None]],
+        *,
+        decoded: bool,
+    ) -> None:
+        items = [(popped.sent_at, popped.payload) for popped, _ in unclaimed]
+        try:
+            await shard.requeue(queue, self.expiry, items)
+        except Exception as error:
+            # Valkey cannot take them back now: keep them for this process's next receive()
+            # of the channel rather than lose them; only what it cannot decode is lost.
+            logger.warning("Kept %d message(s) for %s locally: %s", len(items), channel, error)
+            for popped, message in unclaimed:
+                if message is None and decoded:
+                    message = self._decode(popped, queue)
+                if message is not None:
+                    message.pop(RESERVED_KEY, None)
+                    self._mailbox.offer(channel, queue, popped.sent_at, message, keep=True)

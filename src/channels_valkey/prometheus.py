@@ -37,6 +37,7 @@ _HELP = {
     "channel_full": "send calls refused with ChannelFull",
     "dropped_from_buffers": "Messages dropped because a local buffer was full",
     "expired": "Messages discarded as older than expiry",
+    "undecodable": "Messages this process could not decode, put back or kept aside",
     "group_sends": "group_send calls",
     "group_deliveries": "Copies queued or published by group_send",
     "group_members_full": "Group members skipped as full",

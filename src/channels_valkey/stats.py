@@ -25,6 +25,9 @@ class LayerStats:
     dropped_from_buffers: int = 0
     #: Messages found older than ``expiry`` and discarded instead of delivered.
     expired: int = 0
+    #: Messages this process popped but could not decode (another serializer, or keys it
+    #: lacks); each went back to Valkey (normal channels) or was kept there for inspection.
+    undecodable: int = 0
     #: ``group_send`` calls.
     group_sends: int = 0
     #: Copies ``group_send`` queued or published (its fan-out); members skipped as full
@@ -54,6 +57,7 @@ class StatsRecorder:
         self.channel_full = 0
         self.dropped_from_buffers = 0
         self.expired = 0
+        self.undecodable = 0
         self.group_sends = 0
         self.group_deliveries = 0
         self.group_members_full = 0
@@ -88,6 +92,7 @@ class StatsRecorder:
             channel_full=self.channel_full,
             dropped_from_buffers=self.dropped_from_buffers,
             expired=self.expired,
+            undecodable=self.undecodable,
             group_sends=self.group_sends,
             group_deliveries=self.group_deliveries,
             group_members_full=self.group_members_full,
