@@ -26,9 +26,10 @@ reading consumer takes a few milliseconds later. So the bounds are:
   ``capacity`` payloads, as before.
 
 Invariants:
-- payloads are dropped only for the reasons above, each one counted (:class:`Drops`); a
-  consumer that takes at least one message every ``stall_timeout`` seconds and falls behind by
-  less than ``channel_bytes`` (with the loop under ``total_bytes``) loses nothing;
+- payloads are dropped only for the reasons above, each one counted (:class:`Drops`): a
+  consumer that never lets messages wait ``stall_timeout`` seconds without taking one, and
+  whose backlog beyond ``capacity`` stays under ``channel_bytes`` (its loop's under
+  ``total_bytes``), loses nothing;
 - ``Budget.held`` is the sum of the bytes charged to the inboxes of its loop (payloads
   accepted beyond ``capacity``, until they are taken, cut or forgotten);
 - notices (disconnect/reconnect) are never charged nor cut: a reading consumer always gets
@@ -166,10 +167,13 @@ class Budget:
     """What the inboxes of one event loop share: their limits, their clock, and the bytes
     they hold beyond ``capacity`` together (``held``).
 
-    ``holders`` are the inboxes with bytes charged. When ``total_bytes`` is reached, the
-    holders whose consumers stopped reading are cut back before anything is refused, so a
-    consumer that stopped reading never keeps the others from their share; that scan runs at
-    most once per ``stall_timeout``, since no holder can become stopped sooner.
+    ``holders`` are the inboxes with bytes charged. An inbox whose consumer stopped reading
+    is cut back by its next ``put``; one that gets no more messages would keep its bytes, so
+    when ``total_bytes`` is reached, the holders whose consumers stopped reading are cut back
+    before anything is refused. That scan visits every holder, so it runs at most once per
+    ``stall_timeout`` to bound its cost while the total stays reached: a consumer that stopped
+    reading keeps the others from its share of the total for ``stall_timeout`` at most after
+    it counts as stopped.
     """
 
     __slots__ = ("_next_reclaim", "capacity", "clock", "drops", "held", "holders", "limits")
