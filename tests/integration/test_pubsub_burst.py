@@ -22,7 +22,6 @@ import test_pubsub
 from test_pubsub import PUBSUB_TOPOLOGIES, OpenLayer, nothing_for, receive
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import ValkeyServer
 
 open_layer = test_pubsub.open_layer  # the fixture, shared
 
@@ -62,14 +61,20 @@ async def test_a_burst_to_consumers_that_keep_up_on_average_is_delivered_whole(
     assert receiver.stats().dropped_from_buffers == 0
 
 
+#: The topologies whose pub/sub paths differ (one server, names hashed over several, sharded
+#: pub/sub on a cluster), for the test that must wait out a ``stall_timeout``.
+DISTINCT_PATHS = ["standalone", "sharded", "cluster"]
+
+
+@pytest.mark.parametrize("topology", DISTINCT_PATHS, indirect=True)
 async def test_a_channel_nobody_reads_keeps_capacity_and_the_rest_is_counted(
-    valkey_server: ValkeyServer, open_layer: OpenLayer, caplog: pytest.LogCaptureFixture
+    hosts: list[Any], open_layer: OpenLayer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A member that stopped reading does not hold back the others: they get every message
     of both bursts, while it keeps the first ``capacity`` and the rest is counted."""
     capacity, stall_timeout, half = 20, 1.0, BURST // 2
-    receiver = open_layer([valkey_server.url], capacity=capacity, stall_timeout=stall_timeout)
-    sender = open_layer([valkey_server.url])
+    receiver = open_layer(hosts, capacity=capacity, stall_timeout=stall_timeout)
+    sender = open_layer(hosts)
     members = [await receiver.new_channel() for _ in range(MEMBERS)]
     idle = await receiver.new_channel()  # a consumer that never reads
     for channel in [*members, idle]:
