@@ -12,7 +12,7 @@ must be read as fast as the server writes, or the server's ``client-output-buffe
 pub/sub clients closes it and every channel on it loses messages. So a burst that arrives
 faster than a consumer takes it must wait here, and the only choice is how much may wait. A
 count is the wrong measure: a chat room's burst is hundreds of messages per member, which a
-reading consumer takes a few milliseconds later. So the bounds are:
+reading consumer takes soon after. So the bounds are:
 
 - up to ``capacity`` messages per inbox are always accepted (the bound of earlier versions);
 - beyond ``capacity``, an inbox takes more only while its consumer is *reading*, up to
@@ -21,9 +21,10 @@ reading consumer takes a few milliseconds later. So the bounds are:
   by several local members counts once for each, although they share one copy);
 - a consumer has *stopped reading* when messages have waited in its inbox for
   ``stall_timeout`` seconds with none taken. Its inbox is cut back to ``capacity`` (the
-  newest beyond are dropped) and takes nothing more until its consumer takes a message, so it
-  holds none of the shared ``total_bytes``; with ``stall_timeout=0`` every inbox holds at most
-  ``capacity`` payloads, as before.
+  newest beyond are dropped) by the next payload for it, or when the loop's inboxes reach
+  ``total_bytes`` (:class:`Budget`), and takes nothing more until its consumer takes a
+  message: once cut, it holds none of the shared ``total_bytes``. With ``stall_timeout=0``
+  every inbox holds at most ``capacity`` payloads, as before.
 
 Invariants:
 - payloads are dropped only for the reasons above, each one counted (:class:`Drops`): a
