@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 from ._config import check_prefix, positive_int
 from ._hosts import ClusterHost, Host, parse_hosts
+from ._pubsub_state import (
+    DEFAULT_CHANNEL_BYTES,
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TOTAL_BYTES,
+    OverflowLimits,
+)
 from .exceptions import ConfigurationError
 
 _STORAGE_OPTIONS = frozenset({"expiry", "group_expiry", "channel_capacity", "random_prefix_length"})
@@ -21,6 +27,9 @@ ACCEPTED_OPTIONS = (
     "hosts",
     "prefix",
     "capacity",
+    "stall_timeout",
+    "channel_buffer_bytes",
+    "total_buffer_bytes",
     "symmetric_encryption_keys",
     "serializer_format",
     "on_disconnect",
@@ -32,11 +41,15 @@ ACCEPTED_OPTIONS = (
 class PubSubConfig:
     hosts: tuple[Host, ...]
     prefix: str
-    #: Messages a local channel holds for its consumer before new ones are dropped.
+    #: Messages a local channel always takes, and all it keeps once its consumer stopped
+    #: reading (see ``_pubsub_state``).
     capacity: int
     #: Message types delivered to local channels when a shard's connection drops / returns.
     on_disconnect: str | None
     on_reconnect: str | None
+    #: Beyond ``capacity``, while the consumer reads: when it counts as stopped, and how many
+    #: bytes may wait per channel and for all local channels of an event loop together.
+    overflow: OverflowLimits
 
     @property
     def on_cluster(self) -> bool:
@@ -55,6 +68,9 @@ def build_pubsub_config(
     on_disconnect: object,
     on_reconnect: object,
     unknown: Mapping[str, object],
+    stall_timeout: object = DEFAULT_STALL_TIMEOUT,
+    channel_buffer_bytes: object = DEFAULT_CHANNEL_BYTES,
+    total_buffer_bytes: object = DEFAULT_TOTAL_BYTES,
 ) -> PubSubConfig:
     check_unknown(unknown)
     return PubSubConfig(
@@ -63,7 +79,31 @@ def build_pubsub_config(
         capacity=positive_int("capacity", capacity),
         on_disconnect=check_hook("on_disconnect", on_disconnect),
         on_reconnect=check_hook("on_reconnect", on_reconnect),
+        overflow=check_overflow(stall_timeout, channel_buffer_bytes, total_buffer_bytes),
     )
+
+
+def check_overflow(
+    stall_timeout: object, channel_buffer_bytes: object, total_buffer_bytes: object
+) -> OverflowLimits:
+    """``stall_timeout`` may be 0 (no channel ever holds more than ``capacity``); a total
+    below the per-channel bound would silently lower it, so it is refused."""
+    if (
+        not isinstance(stall_timeout, int | float)
+        or isinstance(stall_timeout, bool)
+        or not 0 <= stall_timeout < float("inf")
+    ):
+        raise ConfigurationError(
+            f"stall_timeout must be a number of seconds >= 0, got {stall_timeout!r}"
+        )
+    channel_bytes = positive_int("channel_buffer_bytes", channel_buffer_bytes)
+    total_bytes = positive_int("total_buffer_bytes", total_buffer_bytes)
+    if total_bytes < channel_bytes:
+        raise ConfigurationError(
+            f"total_buffer_bytes ({total_bytes}) must be >= channel_buffer_bytes "
+            f"({channel_bytes}): it bounds all local channels of a process together"
+        )
+    return OverflowLimits(float(stall_timeout), channel_bytes, total_bytes)
 
 
 def check_hosts(hosts: object) -> tuple[Host, ...]:

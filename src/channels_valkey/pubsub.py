@@ -45,7 +45,12 @@ from ._messages import check_message
 from ._per_loop import PerLoop
 from ._pubsub_config import PubSubConfig, build_pubsub_config
 from ._pubsub_loop import LoopLayer
-from ._pubsub_state import Drops
+from ._pubsub_state import (
+    DEFAULT_CHANNEL_BYTES,
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TOTAL_BYTES,
+    Drops,
+)
 from .serializers import registry
 from .stats import LayerStats, StatsRecorder
 
@@ -59,12 +64,18 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     Options: ``hosts`` (servers and Sentinel entries, or one Valkey Cluster entry), ``prefix``,
     ``symmetric_encryption_keys`` and ``serializer_format`` as for the core layer;
-    ``capacity``, the messages one local channel holds for a slow consumer before new ones are
-    dropped (and counted in :meth:`stats`); ``on_disconnect`` and ``on_reconnect``, message
-    types delivered to the local channels that may have missed messages while a server
-    connection was down (or, on a cluster, while their names moved to another node), e.g.
-    ``on_disconnect="valkey.disconnect"`` runs a consumer's ``valkey_disconnect`` handler. A
-    bad option raises :class:`~channels_valkey.exceptions.ConfigurationError` here.
+    ``on_disconnect`` and ``on_reconnect``, message types delivered to the local channels that
+    may have missed messages while a server connection was down (or, on a cluster, while their
+    names moved to another node), e.g. ``on_disconnect="valkey.disconnect"`` runs a consumer's
+    ``valkey_disconnect`` handler.
+
+    How much waits in a local channel's queue for its consumer (see ``_pubsub_state``): any
+    number of messages while the consumer reads, up to ``channel_buffer_bytes`` beyond
+    ``capacity`` messages for one channel and ``total_buffer_bytes`` for all local channels of
+    the process (of one event loop) together; only ``capacity`` messages once the consumer has
+    taken none for ``stall_timeout`` seconds while messages waited. What is dropped is counted
+    in :meth:`stats` and logged. A bad option raises
+    :class:`~channels_valkey.exceptions.ConfigurationError` here.
     """
 
     extensions = ["groups", "flush"]
@@ -78,6 +89,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         serializer_format: str = "msgpack",
         on_disconnect: str | None = None,
         on_reconnect: str | None = None,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        channel_buffer_bytes: int = DEFAULT_CHANNEL_BYTES,
+        total_buffer_bytes: int = DEFAULT_TOTAL_BYTES,
         **options: object,
     ) -> None:
         self.config: PubSubConfig = build_pubsub_config(
@@ -87,6 +101,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             on_disconnect=on_disconnect,
             on_reconnect=on_reconnect,
             unknown=options,
+            stall_timeout=stall_timeout,
+            channel_buffer_bytes=channel_buffer_bytes,
+            total_buffer_bytes=total_buffer_bytes,
         )
         for host in self.config.hosts:
             if isinstance(host, ClusterHost):
@@ -102,7 +119,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         self._stats = StatsRecorder()
         self._undecodable = RateLimitedLog(logger)
-        self._loops = PerLoop(partial(LoopLayer, self.config, self._stats, Drops(self._stats)))
+        drops = Drops(self._stats, self.config.overflow)
+        self._loops = PerLoop(partial(LoopLayer, self.config, self._stats, drops))
 
     @property
     def prefix(self) -> str:
@@ -118,8 +136,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     @property
     def dropped_messages(self) -> int:
-        """Messages dropped so far because a local channel's queue was full (the same number
-        as ``stats().dropped_from_buffers``)."""
+        """Messages dropped so far by this process for its local channels' consumers (the
+        same number as ``stats().dropped_from_buffers``)."""
         return self._stats.dropped_from_buffers
 
     def stats(self) -> LayerStats:
@@ -129,8 +147,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         - ``messages_sent``: ``send()`` calls that published;
         - ``messages_received``: messages handed to ``receive()``; the layer's own
           ``on_disconnect``/``on_reconnect`` notices are not counted;
-        - ``dropped_from_buffers``: messages (and notices) dropped because a local channel's
-          queue was full;
+        - ``dropped_from_buffers``: messages (and notices) dropped by this process for a local
+          channel: its consumer stopped reading (took nothing for ``stall_timeout`` seconds)
+          with ``capacity`` messages waiting, or it fell ``channel_buffer_bytes`` behind, or
+          the process's channels together held ``total_buffer_bytes`` beyond capacity;
         - ``group_sends``: ``group_send()`` calls that published;
         - ``group_deliveries``: the receivers the server reported for those publishes
           (``PUBLISH``/``SPUBLISH`` return how many subscribed connections got the message):

@@ -268,7 +268,9 @@ async def test_serializer_options(
 async def test_a_full_queue_drops_new_messages_and_counts_them(
     valkey_server: ValkeyServer, open_layer: OpenLayer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layer = open_layer([valkey_server.url], capacity=3)
+    """With ``stall_timeout=0`` a consumer counts as stopped as soon as ``capacity`` messages
+    wait (the bounds of a reading consumer are in ``test_pubsub_burst``)."""
+    layer = open_layer([valkey_server.url], capacity=3, stall_timeout=0)
     channel = await layer.new_channel()
     with caplog.at_level(logging.WARNING):
         for n in range(10):

@@ -55,7 +55,8 @@ async def test_group_sends_count_the_receivers_the_server_reports(
 async def test_a_full_queue_is_counted_by_the_receiving_process(
     valkey_server: ValkeyServer, open_layer: OpenLayer
 ) -> None:
-    layer, sender = open_layer([valkey_server.url], capacity=2), open_layer([valkey_server.url])
+    layer = open_layer([valkey_server.url], capacity=2, stall_timeout=0)
+    sender = open_layer([valkey_server.url])
     channel = await layer.new_channel()
     for n in range(5):
         await sender.send(channel, {"type": "m", "n": n})

@@ -29,8 +29,19 @@ def test_defaults() -> None:
     assert default.ring_size == 1
     assert default.config.on_disconnect is None
     assert default.config.on_reconnect is None
+    overflow = default.config.overflow
+    assert overflow.stall_timeout == 10.0
+    assert (overflow.channel_bytes, overflow.total_bytes) == (4 * 1024**2, 64 * 1024**2)
     assert default.extensions == ["groups", "flush"]
     assert "localhost:6379" in repr(default)
+
+
+def test_queue_bounds_are_taken() -> None:
+    configured = layer(stall_timeout=0, channel_buffer_bytes=1000, total_buffer_bytes=1000)
+    assert configured.config.overflow.stall_timeout == 0.0
+    assert configured.config.overflow.channel_bytes == 1000
+    assert configured.config.overflow.total_bytes == 1000
+    assert layer(stall_timeout=2.5).config.overflow.stall_timeout == 2.5
 
 
 def test_hooks_are_message_types() -> None:
@@ -44,6 +55,18 @@ def test_hooks_are_message_types() -> None:
     [
         ({"capacity": 0}, "capacity must be a whole number >= 1"),
         ({"capacity": "100"}, "capacity must be a whole number >= 1"),
+        ({"stall_timeout": -1}, "stall_timeout must be a number of seconds >= 0"),
+        ({"stall_timeout": "10"}, "stall_timeout must be a number of seconds >= 0"),
+        ({"stall_timeout": True}, "stall_timeout must be a number of seconds >= 0"),
+        ({"stall_timeout": float("nan")}, "stall_timeout must be a number of seconds >= 0"),
+        ({"stall_timeout": float("inf")}, "stall_timeout must be a number of seconds >= 0"),
+        ({"channel_buffer_bytes": 0}, "channel_buffer_bytes must be a whole number >= 1"),
+        ({"channel_buffer_bytes": 1.5}, "channel_buffer_bytes must be a whole number >= 1"),
+        ({"total_buffer_bytes": None}, "total_buffer_bytes must be a whole number >= 1"),
+        (
+            {"channel_buffer_bytes": 2000, "total_buffer_bytes": 1000},
+            r"total_buffer_bytes \(1000\) must be >= channel_buffer_bytes \(2000\)",
+        ),
         ({"prefix": b"asgi"}, "prefix must be a str"),
         ({"on_disconnect": True}, "on_disconnect must be a message type"),
         ({"on_reconnect": ""}, "on_reconnect must be a message type"),
