@@ -157,19 +157,19 @@ def _accounting(
 
 
 def _interesting(output: list[str], limit: int = 12) -> list[str]:
-    """The servers' log lines worth keeping: warnings and errors, the first few of each kind."""
-    kept: list[str] = []
-    seen: set[str] = set()
+    """The servers' warnings and errors: the first line of each kind (its first words, without
+    the server's name) with how often that kind came up."""
+    words = ("Dropped", "rror", "WARNING", "Traceback", "imeout")
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
     for line in output:
-        if not any(word in line for word in ("Dropped", "rror", "WARNING", "Traceback", "imeout")):
+        if not any(word in line for word in words):
             continue
-        kind = line.split(":", 2)[-1][:60]
-        if kind not in seen:
-            seen.add(kind)
-            kept.append(line[:300])
-        if len(kept) >= limit:
-            break
-    return kept
+        kind = " ".join(line.split()[1:5])
+        counts[kind] = counts.get(kind, 0) + 1
+        first.setdefault(kind, line[:240])
+    kinds = list(first)[:limit]
+    return [f"{counts[kind]} x {first[kind]}" for kind in kinds]
 
 
 def rotated(items: list[Any], by: int) -> list[Any]:
@@ -274,7 +274,8 @@ def markdown(result: dict[str, Any]) -> str:
         "that group_send skipped as full, counted by the senders; *dropped*: messages dropped "
         "from full receive buffers in the receiving process (n/a: the layer keeps no counters). "
         "*dup/reord*: duplicates plus out-of-order receipts, summed over the rounds. "
-        "*complete*: runs in which every client got everything.",
+        "*complete*: runs in which every client got everything; in the others, drain is the "
+        "time to the last message that did arrive.",
         "",
     ]
     for clients, messages in result["bursts"]:
@@ -309,7 +310,7 @@ def _environments(result: dict[str, Any]) -> list[str]:
         for line in record.get("log_tail", []):
             notes.setdefault(record["key"], []).append(line)
     if notes:
-        lines += ["## Server log lines (first of each kind, per layer)", ""]
+        lines += ["## Server log lines (per run: how often, and the first of each kind)", ""]
         for key, kept in notes.items():
             lines += [f"- {key}:", "", "  ```"]
             lines += [f"  {line}" for line in dict.fromkeys(kept)][:8]
