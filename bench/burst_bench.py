@@ -318,6 +318,26 @@ def _environments(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def pool(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs as one: their rounds one after the other, every burst and layer of any."""
+    if len(results) == 1:
+        return results[0]
+    pooled = dict(results[0], records=[], bursts=[], layers=[], environments={})
+    offset = 0
+    for result in results:
+        for record in result["records"]:
+            pooled["records"].append({**record, "round": record["round"] + offset})
+        offset += result["rounds"]
+        pooled["bursts"] += [b for b in result["bursts"] if b not in pooled["bursts"]]
+        pooled["layers"] += [x for x in result["layers"] if x not in pooled["layers"]]
+        pooled["environments"].update(result["environments"])
+    pooled["rounds"] = offset
+    pooled["started"] = " + ".join(result["started"] for result in results)
+    pooled["measured"] = "; ".join(dict.fromkeys(result["measured"] for result in results))
+    pooled["load_before"] = max(result["load_before"] for result in results)
+    return pooled
+
+
 def machine() -> str:
     return f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
 
@@ -355,11 +375,17 @@ def main() -> int:
         help="comma-separated subset of: " + ", ".join(layer.key for layer in LAYERS),
     )
     parser.add_argument("--no-save", action="store_true", help="print, do not write results")
-    parser.add_argument("--render", type=Path, metavar="JSON", help="print an earlier run's report")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="print an earlier run's report; given several runs, pool their rounds",
+    )
     parser.add_argument("--measured", default="this package as installed in the venvs")
     options = parser.parse_args()
     if options.render:
-        print(markdown(json.loads(options.render.read_text())))
+        print(markdown(pool([json.loads(path.read_text()) for path in options.render])))
         return 0
     try:
         bursts = parse_bursts(options.bursts)
