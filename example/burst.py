@@ -145,9 +145,12 @@ class _Room:
     received: list[list[Receipt]]
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
-    distinct: list[set[tuple[int, int]]] = field(default_factory=list)
     foreign: int = 0
     done_clients: int = 0
+
+    def __post_init__(self) -> None:
+        #: Per client, the (sender, number) pairs received so far.
+        self.distinct: list[set[tuple[int, int]]] = [set() for _ in range(self.clients)]
 
     def count(self) -> int:
         """Distinct messages received so far, summed over the clients."""
@@ -249,7 +252,6 @@ async def burst(
     to drain (see :func:`_settle` for ``quiet`` and ``accounted``)."""
     name = room or f"burst-{uuid.uuid4().hex[:12]}"
     state = _Room(uuid.uuid4().hex[:8], clients, messages, [[] for _ in range(clients)])
-    state.distinct = [set() for _ in range(clients)]
     async with contextlib.AsyncExitStack() as stack:
         joining = [_join(stack, servers[i % len(servers)], name) for i in range(clients)]
         sockets = await asyncio.gather(*joining)
