@@ -5,8 +5,9 @@
 Ports come from the arguments, else from ``PORTS`` ("8001 8002"), else 8001 and 8002; port 0
 picks a free one. ``HOST`` is the address to serve on (127.0.0.1). Unless ``VALKEY_URL`` is set,
 a private ``valkey-server`` is started on a free loopback port, in a temporary directory and
-without persistence. ``CHANNEL_LAYER_BACKEND`` picks the channel layer class. Ctrl-C or SIGTERM
-stops everything that was started; so does any of the processes dying.
+without persistence. ``CHANNEL_LAYER_BACKEND`` picks the channel layer class and
+``CHANNEL_LAYER_CONFIG`` (JSON) adds options to it. Ctrl-C or SIGTERM stops everything that was
+started; so does any of the processes dying.
 
 Only the standard library is used here, so that the tests can drive the same code through
 :class:`Example`.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -170,6 +172,7 @@ class Example:
         valkey_url: str | None = None,
         sink: Sink = print,
         python: str = sys.executable,
+        layer_config: dict[str, object] | None = None,
     ) -> None:
         if not ports:
             raise ValueError("at least one port is needed")
@@ -180,6 +183,8 @@ class Example:
         self.private_valkey = valkey_url is None
         self.sink = sink
         self.python = python
+        #: Options for the layer's CONFIG (as CHANNEL_LAYER_CONFIG); None keeps the environment's.
+        self.layer_config = layer_config
         self.servers: list[Server] = []
         self._valkey: Child | None = None
         self._uvicorns: list[Child] = []
@@ -269,6 +274,8 @@ class Example:
             EXAMPLE_SERVERS=",".join(base_urls),
             PYTHONUNBUFFERED="1",
         )
+        if self.layer_config is not None:
+            env["CHANNEL_LAYER_CONFIG"] = json.dumps(self.layer_config)
         for index, (port, url) in enumerate(zip(ports, base_urls, strict=True)):
             name = f":{port}"
             child = Child(

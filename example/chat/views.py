@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import urlsplit
 
+from channels.layers import get_channel_layer
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 
 from .rooms import MAX_ROOM_NAME_LENGTH, is_valid_room_name, server_info
@@ -46,3 +48,18 @@ def _render_index(request: HttpRequest, rejected: str, status: int) -> HttpRespo
         "servers": settings.EXAMPLE_SERVERS,
     }
     return render(request, "chat/index.html", context, status=status)
+
+
+async def layer_stats(request: HttpRequest) -> HttpResponse:
+    """This process's channel layer counters (``layer.stats()``) as JSON.
+
+    A message that a sender's ``group_send`` skipped for a full channel is counted only in the
+    sending process, so whoever checks that a room got everything asks every server. Layers
+    without ``stats()`` (channels_redis) answer 404.
+    """
+    layer = get_channel_layer()
+    stats = getattr(layer, "stats", None)
+    if stats is None:
+        return JsonResponse({"error": f"{type(layer).__name__} keeps no counters"}, status=404)
+    counters = stats()
+    return JsonResponse({"layer": type(layer).__name__, **dataclasses.asdict(counters)})
