@@ -10,8 +10,9 @@ runs here, and is never abandoned:
 - when the task is cancelled (its event loop is shutting down) while a pop is in flight, it
   pushes a token to its *wake key*, which the same ``BZMPOP`` watches after the queue, so the
   pop returns at once; it reads that answer and hands on any messages before it stops;
-- a dropped connection is reopened with backoff; after ``RECONNECT_DEADLINE`` seconds without
-  success, the reader gives up and ``fail()`` reports :class:`ServerUnreachable` to the waiters.
+- a dropped connection is reopened under the layer's retry policy (``_retry``); once its
+  deadline has passed without success, the reader gives up and ``fail()`` reports
+  :class:`ServerUnreachable` to the waiters.
 """
 
 from __future__ import annotations
@@ -28,13 +29,11 @@ from valkey.exceptions import MovedError
 
 from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
+from ._retry import Outage
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
-
-RECONNECT_DEADLINE = 30.0
-_BACKOFF_CAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +119,13 @@ class QueueReader:
         last_error: Exception | None = None
         try:
             while not self._stopping and await self._still_wanted():
-                if connection is None:
-                    connection = await self._connect(last_error)
                 try:
+                    if connection is None:  # on a cluster, looking the node up can fail too
+                        connection = await self._connect(last_error)
                     batch = await self._pop(connection)
                 except REDIRECT_ERRORS as error:
-                    await connection.disconnect()
+                    if connection is not None:
+                        await connection.disconnect()
                     connection, last_error = None, error
                     if isinstance(error, MovedError):
                         continue  # the slot moved: follow it at once, nothing is wrong
@@ -165,11 +165,17 @@ class QueueReader:
         self._packed = connection.pack_command(*self._command)
         return connection
 
+    #: The failed reconnections since the connection was lost at ``Outage.started``.
+    _outage: Outage | None = None
+
     async def _back_off(self, failing_since: float, error: Exception) -> bool:
         """Wait before the next attempt; ``False`` (after failing the waiters) once it is time
         to give up."""
-        waited = time.monotonic() - failing_since
-        if waited > RECONNECT_DEADLINE:
+        outage = self._outage
+        if outage is None or outage.started != failing_since:  # a new loss of the connection
+            outage = self._outage = Outage(failing_since)
+        delay = outage.next_pause()
+        if delay is None:
             self._fail(ServerUnreachable(self.shard.host.describe(), error))
             return False
         self._warnings.warning(
@@ -178,7 +184,7 @@ class QueueReader:
             self.queue,
             error,
         )
-        await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
+        await asyncio.sleep(delay)
         return True
 
     async def _pop(self, connection: AbstractConnection) -> list[Popped]:
