@@ -52,7 +52,9 @@ REDIRECT_ERRORS: tuple[type[Exception], ...] = (
 def no_retry() -> Retry:
     """valkey-py's retry for the layers' connections: none. A connection error ends the
     attempt, and the layer's own policy (``_retry``) decides whether to make another;
-    retrying here too would multiply the attempts under that policy's deadline."""
+    retrying here too would multiply the attempts under that policy's deadline. A ``retry``
+    the user puts in a host's options is kept: it then works inside each of the layer's
+    attempts, which makes them, and the time to ``ServerUnreachable``, longer."""
     return Retry(NoBackoff(), 0)
 
 
