@@ -16,7 +16,14 @@ Every loop that tries again after a connection error follows it: a command on th
 
 An attempt that has started is not interrupted: the time to ``ServerUnreachable`` is the
 deadline plus whatever the attempt in flight then takes. A connect is bounded by
-``socket_connect_timeout`` and a reply by ``socket_timeout`` (5 s each by default).
+``socket_connect_timeout`` and a reply by ``socket_timeout`` (5 s each by default). So a
+command raises within ``DEADLINE`` plus one connect timeout, and a waiting ``receive()``
+within ``DEADLINE`` plus two (its reader starts counting when its first attempt has failed):
+about 10 s against a host that refuses or closes connections, at most 20 s by default against
+one that does not answer. A Sentinel entry asks each sentinel in turn, a cluster entry each
+startup node, so with several unreachable ones an attempt takes a connect timeout for each.
+A pub/sub subscription (``new_channel``, ``group_add``, a first ``receive``) waits for its
+confirmation ``DEADLINE`` seconds, while its connection keeps trying in the background.
 
 valkey-py can retry too (a ``Retry`` on each connection, and a cluster client's own attempts).
 Under this policy those retries would multiply the attempts, so the layers give connections
