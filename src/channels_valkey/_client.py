@@ -19,7 +19,7 @@ from valkey.asyncio import ConnectionPool, Valkey
 from valkey.asyncio.connection import AbstractConnection
 from valkey.asyncio.retry import Retry
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from valkey.backoff import EqualJitterBackoff
+from valkey.backoff import NoBackoff
 from valkey.exceptions import (
     AskError,
     ClusterDownError,
@@ -27,25 +27,17 @@ from valkey.exceptions import (
     TryAgainError,
     ValkeyClusterException,
 )
-from valkey.exceptions import ConnectionError as ValkeyConnectionError
-from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
 from . import _scripts
 from ._health import health_checked, take_interval
 from ._hosts import Host, SentinelHost, ServerHost
 from ._lane import Lane
 from ._per_loop import release_dead
+from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
+from ._retry import retrying
 from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
 
 logger = logging.getLogger(__name__)
-
-#: Errors after which a command is worth sending again on a fresh connection.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    ValkeyConnectionError,
-    ValkeyTimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 #: Errors of a blocking pop after which the reader reconnects, looking the queue's server up
 #: again: connection trouble, and on a cluster a slot that moved or a failover in progress.
@@ -57,18 +49,14 @@ REDIRECT_ERRORS: tuple[type[Exception], ...] = (
     ValkeyClusterException,  # no node answered while the slot map was reloaded
 )
 
-#: How a command rides out a dropped connection, a restart or a Sentinel failover: about ten
-#: seconds of attempts with exponential backoff before the caller sees ServerUnreachable.
-RETRY_ATTEMPTS = 16
-RETRY_BACKOFF_BASE = 0.02
-RETRY_BACKOFF_CAP = 1.0
 
-
-def default_retry() -> Retry:
-    return Retry(
-        EqualJitterBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
-        RETRY_ATTEMPTS,
-    )
+def no_retry() -> Retry:
+    """valkey-py's retry for the layers' connections: none. A connection error ends the
+    attempt, and the layer's own policy (``_retry``) decides whether to make another;
+    retrying here too would multiply the attempts under that policy's deadline. A ``retry``
+    the user puts in a host's options is kept: it then works inside each of the layer's
+    attempts, which makes them, and the time to ``ServerUnreachable``, longer."""
+    return Retry(NoBackoff(), 0)
 
 
 #: Connection defaults for networks that drop idle connections (managed Valkey services,
@@ -104,8 +92,7 @@ def connection_kwargs(host: Host) -> dict[str, Any]:
         if option.startswith("socket_keepalive") and _is_unix_socket(host):
             continue  # no TCP under a unix socket
         kwargs.setdefault(option, value)
-    kwargs.setdefault("retry", default_retry())
-    kwargs.setdefault("retry_on_error", list(TRANSIENT_ERRORS))
+    kwargs.setdefault("retry", no_retry())
     return kwargs
 
 
@@ -268,10 +255,9 @@ class Shard:
         args: list[_scripts.Arg] = [repr(now), expiry, capacity, payload]
         if wait is None:
             return bool(await self._run(_scripts.SEND, [queue], args))
-        try:
-            queued, confirmed = await self._send_and_wait(queue, args, wait)
-        except TRANSIENT_ERRORS as error:
-            raise ServerUnreachable(self.host.describe(), error) from error
+        queued, confirmed = await retrying(
+            lambda: self._send_and_wait(queue, args, wait), TRANSIENT_ERRORS, self.host.describe()
+        )
         wait.check(self.host, confirmed)
         return bool(queued)
 
@@ -333,7 +319,13 @@ class Shard:
         await self._run(_scripts.WAKE, [wake_key], [tokens])
 
     async def delete_matching(self, pattern: str) -> int:
-        """``UNLINK`` every key matching ``pattern``, found with ``SCAN`` (never ``KEYS``)."""
+        """``UNLINK`` every key matching ``pattern``, found with ``SCAN`` (never ``KEYS``);
+        after a connection error the scan starts over (what was deleted stays deleted)."""
+        return await retrying(
+            lambda: self._delete_matching(pattern), TRANSIENT_ERRORS, self.host.describe()
+        )
+
+    async def _delete_matching(self, pattern: str) -> int:
         deleted = 0
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=pattern, count=1000):

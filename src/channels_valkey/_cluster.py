@@ -9,8 +9,8 @@ key and follows ``MOVED``/``ASK``; this module adds what the core layer needs on
 - ``flush`` scans every primary;
 - a reader's blocking connection goes to the node that serves its queue's slot, looked up
   again after an error (a failover or a slot that moved);
-- commands ride out a failover the way the standalone client does: retried with backoff for
-  about ten seconds, then :class:`~channels_valkey.exceptions.ServerUnreachable`.
+- commands ride out a failover the way the standalone client does: retried under the layer's
+  retry policy (``_retry``), then :class:`~channels_valkey.exceptions.ServerUnreachable`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,14 @@ from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, ReplicaWait, connection_kwargs
+from ._client import REDIRECT_ERRORS, ReplicaWait, connection_kwargs
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from ._per_loop import release_dead
+from ._retry import retrying
 from .exceptions import ConfigurationError, ServerUnreachable
 
 T = TypeVar("T")
-
-#: How long a command keeps retrying through a failover before it gives up.
-RETRY_DEADLINE = 10.0
 
 #: Errors worth another attempt. After a connection error valkey-py's cluster client
 #: disconnects every node at once, also connections another task is about to write to; that
@@ -47,9 +45,15 @@ _RETRIED: tuple[type[Exception], ...] = (*REDIRECT_ERRORS, AttributeError)
 def build_cluster(host: ClusterHost) -> ValkeyCluster:
     kwargs = connection_kwargs(host)
     # The cluster client retries redirections itself; connection-level retries would only
-    # delay its own recovery, which reloads the slot map.
+    # delay its own recovery, which reloads the slot map. Without a ``retry`` and with no
+    # connection-error attempts, its nodes' connections get no retries of their own.
     kwargs.pop("retry", None)
     kwargs.pop("retry_on_error", None)
+    kwargs.setdefault("connection_error_retry_attempts", 0)
+    # Its commands try once more after a connection error, on the reloaded slot map, and then
+    # leave retrying to the layer's policy; 1 is also the least its pipelines work with (with
+    # 0 they run no attempt at all).
+    kwargs.setdefault("cluster_error_retry_attempts", 1)
     # Follow MOVED by patching the slot map, never by valkey-py's periodic full reload: a
     # reload closes the connections of commands in flight, which valkey-py then resends, so a
     # message could be queued twice while slots move.
@@ -116,16 +120,7 @@ class ClusterShard:
         await asyncio.shield(self._refreshing)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        deadline = time.monotonic() + RETRY_DEADLINE
-        delay = 0.05
-        while True:
-            try:
-                return await attempt()
-            except _RETRIED as error:
-                if time.monotonic() > deadline:
-                    raise ServerUnreachable(self.host.describe(), error) from error
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_CAP)
+        return await retrying(attempt, _RETRIED, self.host.describe())
 
     async def _script(self, script: _scripts.Script, keys: list[str], args: list[Any]) -> object:
         return await self._retrying(lambda: script(self.client, keys, args))

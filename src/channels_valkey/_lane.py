@@ -8,9 +8,11 @@ CPU-bound. :class:`Lane` keeps what matters of it and nothing else:
 
 - a connection is taken from the free list, or made by the pool (so TLS, Sentinel lookup and
   the health check, see ``_health``, are the pool's) and given back after a complete answer;
-- a connection error is retried with the connection's own ``Retry`` (backoff, attempts), after
-  reconnecting; a server that closed an idle connection is found this way, by the write or the
-  read failing, instead of by a poll before every command;
+- a connection error is retried under the layer's retry policy (``_retry``: backoff until a
+  deadline), after reconnecting; a server that closed an idle connection is found this way, by
+  the write or the read failing, instead of by a poll before every command. A command whose
+  connection failed after it was written may have run: it is sent again all the same (at least
+  once);
 - a command interrupted half-way (cancelled, failed) leaves its connection closed and out of the
   list, so no answer can ever be read by the wrong command.
 
@@ -20,12 +22,16 @@ response callbacks.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
 from typing import Any
 
 from valkey.asyncio import ConnectionPool
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import ResponseError
+
+from ._retry import TRANSIENT_ERRORS, Outage
 
 
 class Lane:
@@ -35,18 +41,25 @@ class Lane:
         self._closed = False
 
     async def execute_command(self, *args: Any) -> Any:
+        """Send one command and return its reply; after a connection error, reconnect and
+        send it again until the policy's deadline, then raise that error."""
         connection = self._free.pop() if self._free else self._new_connection()
         packed = connection.pack_command(*args)
-
-        async def attempt() -> Any:
-            await connection.send_packed_command(packed, check_health=False)
-            return await connection.read_response()
-
-        async def failed(_: Exception) -> None:
-            await connection.disconnect()
-
+        started = time.monotonic()  # the deadline counts from the command's first attempt
+        outage: Outage | None = None
         try:
-            reply = await connection.retry.call_with_retry(attempt, failed)
+            while True:
+                try:
+                    await connection.send_packed_command(packed, check_health=False)
+                    reply = await connection.read_response()
+                    break
+                except TRANSIENT_ERRORS:
+                    await connection.disconnect()
+                    outage = outage or Outage(started)
+                    delay = outage.next_pause()
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)
         except ResponseError:  # a whole answer, an error one: the connection is fine
             await self._give_back(connection)
             raise

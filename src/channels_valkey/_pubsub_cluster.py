@@ -5,7 +5,7 @@ pub/sub routes each by its own hash slot, so no hash tag is needed: a subscripti
 
 - Publishing: ``SPUBLISH`` through valkey-py's cluster client, which sends it to the primary
   of the name's slot and follows ``-MOVED`` itself. A failover or a cluster that is down is
-  ridden out as in the core layer: retried with backoff for ``RETRY_DEADLINE`` seconds, then
+  ridden out as in the core layer: retried under the layer's retry policy (``_retry``), then
   :class:`~channels_valkey.exceptions.ServerUnreachable`.
 - Subscribing: ``SSUBSCRIBE`` on a connection to the primary that serves the name's slot, one
   :class:`~channels_valkey._pubsub_subscriber.Subscriber` (one connection) per primary that
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -42,13 +41,14 @@ from valkey.asyncio.cluster import ClusterNode
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
-from ._client import REDIRECT_ERRORS, RETRY_BACKOFF_CAP, TRANSIENT_ERRORS
-from ._cluster import RETRY_DEADLINE, abandon_cluster, build_cluster
+from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS
+from ._cluster import abandon_cluster, build_cluster
 from ._health import without_health_check
 from ._hosts import ClusterHost
 from ._pubsub_state import ChannelClosed
 from ._pubsub_subscriber import Hooks, Subscriber
 from ._pubsub_wire import SHARDED
+from ._retry import retrying
 from .exceptions import ServerUnreachable
 
 logger = logging.getLogger(__name__)
@@ -168,16 +168,12 @@ class ClusterPlacement:
     async def publish(self, name: str, payload: bytes) -> int:
         """``SPUBLISH`` on the primary of ``name``'s slot; returns how many connections to
         that node received it (subscribers on its replicas are not counted)."""
-        deadline = time.monotonic() + RETRY_DEADLINE
-        delay = 0.05
-        while True:
-            try:
-                return int(await self.client.execute_command("SPUBLISH", name, payload))
-            except REDIRECT_ERRORS as error:
-                if time.monotonic() > deadline:
-                    raise ServerUnreachable(self.host.describe(), error) from error
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_CAP)
+        reply = await retrying(
+            lambda: self.client.execute_command("SPUBLISH", name, payload),
+            REDIRECT_ERRORS,
+            self.host.describe(),
+        )
+        return int(reply)
 
     # --- subscribing ---------------------------------------------------------------------
 
@@ -216,12 +212,17 @@ class ClusterPlacement:
         return subscriber
 
     async def _load(self) -> None:
-        """The first slot map; concurrent first subscriptions share one read."""
+        """The first slot map; concurrent first subscriptions share one read, tried again
+        under the retry policy while no node answers (the cluster may be restarting)."""
         if self._loading is None:
-            self._loading = asyncio.ensure_future(self.refresh())
+            self._loading = asyncio.ensure_future(
+                retrying(self.refresh, (*_REFRESH_ERRORS, LookupError), self.host.describe())
+            )
             self._loading.add_done_callback(lambda _: setattr(self, "_loading", None))
         try:
             await asyncio.shield(self._loading)
+        except ServerUnreachable:
+            raise
         except Exception as error:
             raise ServerUnreachable(self.host.describe(), error) from error
 

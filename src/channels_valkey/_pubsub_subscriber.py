@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -65,15 +64,15 @@ from ._pubsub_wire import (
     batch,
     parse_reply,
 )
+from ._retry import DEADLINE, pause
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 30.0
-SUBSCRIBE_TIMEOUT = 10.0
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
+#: The retry policy's deadline: a subscription not confirmed by then raises.
+SUBSCRIBE_TIMEOUT = DEADLINE
 
 #: Refusals that a later attempt can turn into a confirmation: the cluster is failing over
 #: (``CLUSTERDOWN``), or resharding (``TRYAGAIN``, ``ASK``). The subscription is sent again.
@@ -440,7 +439,7 @@ class Subscriber:
                     self._warnings.warning(
                         "Could not read the cluster's slot map (%s); retrying", error
                     )
-                    await asyncio.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2.0**failures))
+                    await asyncio.sleep(pause(failures))
                     continue
                 self._place(names, resubscribe_here=True)
         finally:
@@ -510,8 +509,7 @@ class Subscriber:
         return False
 
     def _backoff(self) -> float:
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (self._failures - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return pause(self._failures)
 
     async def _connect(self) -> _Link:
         connection = self.server.subscriber_connection()
@@ -621,8 +619,8 @@ class Subscriber:
             return
         self._retry.append((link, op))
         if self._retry_timer is None:
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0**self._retry_round)
             self._retry_round += 1
+            delay = pause(self._retry_round)
             self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:

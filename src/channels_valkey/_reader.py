@@ -14,8 +14,9 @@ runs here, and is never abandoned:
   pop returns at once; it reads that answer and hands on any messages before it stops;
 - when its event loop was closed without cancelling it, :meth:`QueueReader.abandon` closes its
   connection, which ends the pop on the server;
-- a dropped connection is reopened with backoff; after ``RECONNECT_DEADLINE`` seconds without
-  success, the reader gives up and ``fail()`` reports :class:`ServerUnreachable` to the waiters.
+- a dropped connection is reopened under the layer's retry policy (``_retry``); once its
+  deadline has passed without success, the reader gives up and ``fail()`` reports
+  :class:`ServerUnreachable` to the waiters.
 """
 
 from __future__ import annotations
@@ -34,16 +35,15 @@ from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
 from ._log import RateLimitedLog
 from ._per_loop import quiet, release_dead
 from ._receiver import Demand
+from ._retry import Outage
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 
 logger = logging.getLogger(__name__)
 
-RECONNECT_DEADLINE = 30.0
 #: Seconds a reader waits after putting back a message this process cannot decode, so that a
 #: process that can takes it.
 UNUSABLE_PAUSE = 1.0
-_BACKOFF_CAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,22 +133,23 @@ class QueueReader:
             raise  # its loop was closed under it: abandon() releases the connection
         except BaseException:
             await self._disconnect()
+            self._stats.closed(self)
             raise
         await self._disconnect()
+        self._stats.closed(self)
 
     async def _disconnect(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.disconnect()
-        self._stats.closed(self)
 
     async def _read(self) -> None:
         failing_since: float | None = None
         last_error: Exception | None = None
         while count := await self._next_count():
-            if self._connection is None:
-                self._connection = await self._connect(last_error)
             try:
+                if self._connection is None:  # on a cluster, looking the node up can fail too
+                    self._connection = await self._connect(last_error)
                 batch = await self._pop(self._connection, count)
             except REDIRECT_ERRORS as error:
                 await self._disconnect()
@@ -214,11 +215,17 @@ class QueueReader:
         self._packed.clear()
         return connection
 
+    #: The failed reconnections since the connection was lost at ``Outage.started``.
+    _outage: Outage | None = None
+
     async def _back_off(self, failing_since: float, error: Exception) -> bool:
         """Wait before the next attempt; ``False`` (after failing the waiters) once it is time
         to give up."""
-        waited = time.monotonic() - failing_since
-        if waited > RECONNECT_DEADLINE:
+        outage = self._outage
+        if outage is None or outage.started != failing_since:  # a new loss of the connection
+            outage = self._outage = Outage(failing_since)
+        delay = outage.next_pause()
+        if delay is None:
             self._fail(ServerUnreachable(self.shard.host.describe(), error))
             return False
         self._warnings.warning(
@@ -227,7 +234,7 @@ class QueueReader:
             self.queue,
             error,
         )
-        await asyncio.sleep(min(_BACKOFF_CAP, 0.05 * 2 ** min(waited, 5)))
+        await asyncio.sleep(delay)
         return True
 
     async def _pop(self, connection: AbstractConnection, count: int) -> list[Popped]:

@@ -35,8 +35,9 @@ class ServerUnreachable(ConnectionError):
     """A Valkey server could not be reached, even after reconnecting and retrying.
 
     A ``ConnectionError`` (the built-in one), raised by ``send``, ``group_send`` and the other
-    calls when the server stays down longer than the layer's retry budget, and by ``receive``
-    when its reader cannot reconnect. The message names the server.
+    calls when the server stays unreachable past the retry policy's deadline (10 s, plus the
+    attempt in flight then; see ``_retry``), and by ``receive`` when its reader cannot
+    reconnect within it. The message names the server.
     """
 
     def __init__(self, server: str, cause: BaseException) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey import _client, _reader
+from channels_valkey import _client, _retry
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import NotReplicated, ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, wait_for
@@ -105,8 +105,7 @@ async def test_sentinel_failover_keeps_the_same_layer_working(
 
 
 async def test_unreachable_host_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_client, "RETRY_ATTEMPTS", 2)
-    monkeypatch.setattr(_reader, "RECONNECT_DEADLINE", 0.5)
+    monkeypatch.setattr(_retry, "DEADLINE", 0.5)
     layer = ValkeyChannelLayer(hosts=["valkey://127.0.0.1:1"])
     with pytest.raises(ServerUnreachable, match=r"cannot reach Valkey at valkey://127\.0\.0\.1:1"):
         await layer.send("chan", {"type": "m"})

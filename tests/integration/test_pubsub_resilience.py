@@ -34,7 +34,7 @@ from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
 from valkey.exceptions import ResponseError
 
-from channels_valkey import _pubsub_subscriber
+from channels_valkey import _pubsub_subscriber, _retry
 from channels_valkey.exceptions import ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, free_port
 
@@ -205,6 +205,7 @@ async def test_an_unreachable_server_fails_new_channel_and_send_clearly(
     open_layer: OpenLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_pubsub_subscriber, "SUBSCRIBE_TIMEOUT", 0.3)
+    monkeypatch.setattr(_retry, "DEADLINE", 0.3)
     port = free_port()  # nothing listens there
     layer = open_layer([{"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 1)}])
     with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):
