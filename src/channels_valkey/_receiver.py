@@ -53,6 +53,9 @@ Stamped = tuple[float, Message]
 #: full buffer no longer holds back the pops of the other channels of its process.
 STALLED_AFTER = 2.0
 
+#: Every how many demands the slots of a queue are looked through for channels that are gone.
+PRUNE_EVERY = 256
+
 
 @dataclass(frozen=True)
 class Demand:
@@ -102,6 +105,11 @@ class Mailbox:
         self._slots: dict[str, _Slot] = {}
         #: Slots by queue key, so a reader's demand looks at its own channels only.
         self._slots_of: dict[str, dict[str, _Slot]] = {}
+        #: Per queue key, the slots that can limit a pop: those with something buffered, and
+        #: those whose capacity is below the batch its reader asks for (with that batch).
+        self._buffered_of: dict[str, set[_Slot]] = {}
+        self._small_of: dict[str, tuple[int, set[_Slot]]] = {}
+        self._demands = 0
         #: Futures of waiting ``receive()`` calls not yet handed a message, per queue key.
         self._pending: dict[str, set[asyncio.Future[Stamped]]] = {}
         self._drops = RateLimitedLog(logger)
@@ -124,6 +132,8 @@ class Mailbox:
                 break
             logger.debug("Dropped a message for %s: older than expiry", channel)
             self._stats.expired += 1
+        if not slot.buffer:
+            self._buffered_of.get(slot.queue, set()).discard(slot)
         if was_full:
             self._on_room(slot.queue)
         return message
@@ -149,7 +159,7 @@ class Mailbox:
         slot.last_read = time.monotonic()
         if not returned and _has_result(future):
             # Delivered, but its receive() was cancelled before it could return it.
-            slot.buffer.appendleft(future.result())
+            self._buffer(slot, future.result(), front=True)
 
     def forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drop the waiters of ``loop``, which was closed while they waited; a message one of
@@ -159,7 +169,7 @@ class Mailbox:
                 slot.waiters.remove(future)
                 self._not_pending(slot.queue, future)
                 if _has_result(future):
-                    slot.buffer.appendleft(future.result())
+                    self._buffer(slot, future.result(), front=True)
 
     # --- readers ------------------------------------------------------------------------
 
@@ -176,11 +186,13 @@ class Mailbox:
         if not self.wanted(queue):
             return IDLE
         now = time.monotonic()
+        self._demands += 1
+        if self._demands % PRUNE_EVERY == 0:
+            self._prune(queue, now)
         count, recheck = batch, None
-        for slot in list(self._slots_of.get(queue, {}).values()):
+        for slot in (*self._buffered_of.get(queue, ()), *self._small(queue, batch)):
             room = slot.capacity - len(slot.buffer)
             if room >= count:
-                self._prune(slot, now)
                 continue
             if not slot.reading(now):
                 continue  # a stopped consumer holds nobody back
@@ -208,7 +220,7 @@ class Mailbox:
         if len(slot.buffer) >= slot.capacity:
             self._drop(channel, slot)
             return True
-        slot.buffer.append((sent_at, message))
+        self._buffer(slot, (sent_at, message))
         return True
 
     def fail(self, queue: str, error: BaseException) -> None:
@@ -222,6 +234,7 @@ class Mailbox:
         queues = {slot.queue for slot in self._slots.values() if slot.buffer}
         for slot in self._slots.values():
             slot.buffer.clear()
+        self._buffered_of.clear()
         for queue in queues:
             self._on_room(queue)
 
@@ -233,17 +246,41 @@ class Mailbox:
             slot = _Slot(channel, queue, self._capacity_of(channel))
             self._slots[channel] = slot
             self._slots_of.setdefault(queue, {})[channel] = slot
+            small = self._small_of.get(queue)
+            if small is not None and slot.capacity < small[0]:
+                small[1].add(slot)
         return slot
 
-    def _prune(self, slot: _Slot, now: float) -> None:
-        """Forget a slot with nothing in it whose consumer has not read for a while."""
-        if slot.buffer or slot.waiters or slot.reading(now):
-            return
-        del self._slots[slot.channel]
-        slots_of_queue = self._slots_of[slot.queue]
-        del slots_of_queue[slot.channel]
-        if not slots_of_queue:
-            del self._slots_of[slot.queue]
+    def _small(self, queue: str, batch: int) -> set[_Slot]:
+        """The slots of ``queue`` holding fewer than ``batch`` messages (channels with a
+        smaller ``channel_capacity``), found once per batch size."""
+        small = self._small_of.get(queue)
+        if small is None or small[0] != batch:
+            slots = self._slots_of.get(queue, {}).values()
+            small = self._small_of[queue] = (batch, {s for s in slots if s.capacity < batch})
+        return small[1]
+
+    def _buffer(self, slot: _Slot, stamped: Stamped, *, front: bool = False) -> None:
+        if front:
+            slot.buffer.appendleft(stamped)
+        else:
+            slot.buffer.append(stamped)
+        self._buffered_of.setdefault(slot.queue, set()).add(slot)
+
+    def _prune(self, queue: str, now: float) -> None:
+        """Forget the slots of ``queue`` with nothing in them whose consumer has not read for
+        a while (channels that are gone), so the mailbox does not grow with every channel a
+        process ever had."""
+        slots = self._slots_of.get(queue, {})
+        for channel, slot in list(slots.items()):
+            if not (slot.buffer or slot.waiters or slot.reading(now)):
+                del self._slots[channel]
+                del slots[channel]
+                self._small_of.get(queue, (0, set()))[1].discard(slot)
+        if not slots:
+            self._slots_of.pop(queue, None)
+            self._small_of.pop(queue, None)
+            self._buffered_of.pop(queue, None)
 
     def _hand_to_waiter(self, channel: str, stamped: Stamped) -> bool:
         slot = self._slots.get(channel)

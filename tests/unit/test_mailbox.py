@@ -504,3 +504,13 @@ async def test_forget_loop_keeps_what_its_waiters_were_handed(
     assert not mailbox.wanted("asgichat")
     assert not pending.done()
     assert drain(mailbox, "chat") == [1]
+
+
+async def test_a_reading_channel_with_a_smaller_capacity_limits_the_pop(
+    mailbox: Mailbox, clock: Clock
+) -> None:
+    """``channel_capacity`` can give one local channel less room than the batch: even with an
+    empty buffer it limits what one pop may bring it."""
+    reads(mailbox, "small.b")
+    mailbox.wait("specific.p!a", PROCESS)
+    assert mailbox.demand(PROCESS, 100) == Demand(2)
