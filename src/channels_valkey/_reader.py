@@ -209,6 +209,13 @@ class QueueReader:
 
     async def _connect(self, last_error: Exception | None) -> AbstractConnection:
         connection = await self.shard.reader_connection(self.queue, after=last_error)
+        # Connected under the host's own timeouts, so a server that accepts and then says
+        # nothing fails the handshake as quickly as any command would.
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            await connection.disconnect()
+            raise
         # The server answers a blocking pop after `block` seconds at the latest; reading longer
         # than that (plus slack for a busy server) means the connection is dead.
         connection.socket_timeout = self._block + 10

@@ -11,7 +11,9 @@ Sentinel entry with no reachable sentinel, a cluster with no reachable startup n
 - *refused*: nothing listens on the port (a socket is bound there, so nothing else can be);
 - *silent*: connecting never completes, the way a host that drops packets behaves (a listener
   whose accept queue is full: the kernel ignores further connection attempts);
-- *closing*: every connection is accepted and closed at once (a proxy before a dead node).
+- *closing*: every connection is accepted and closed at once (a proxy before a dead node);
+- *mute*: connections are accepted and never answered (a server frozen, or a proxy whose
+  backend vanished without a word): each attempt waits out the read timeout.
 
 Each case runs concurrently with the others, so a test lasts about one bound.
 """
@@ -37,7 +39,8 @@ from servers import ValkeyServer
 pytestmark = pytest.mark.slow
 
 #: valkey-py's connect timeout, as the layer sets it (``socket_connect_timeout``) and as a
-#: Sentinel connection has it (its ``socket_timeout``, which a connect defaults to).
+#: Sentinel connection has it (its ``socket_timeout``, which a connect defaults to); also
+#: valkey-py's default read timeout (``socket_timeout``), which bounds a mute server's attempt.
 CONNECT_TIMEOUT = 5.0
 
 #: The documented bound: the deadline, the attempt in flight when it passes, and for a reader
@@ -73,8 +76,22 @@ def silent() -> Iterator[int]:
         yield port
 
 
+@contextlib.contextmanager
+def mute() -> Iterator[int]:
+    """A port that accepts connections (the kernel completes them into a large backlog) and
+    never answers a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        yield listener.getsockname()[1]
+
+
 @contextlib.asynccontextmanager
 async def unreachable(kind: str) -> AsyncIterator[int]:
+    if kind == "mute":
+        with mute() as port:
+            yield port
+        return
     if kind == "closing":
         async with accept_and_close() as (_, port):
             yield port
@@ -151,12 +168,14 @@ async def test_every_command_gives_up_within_the_documented_time(kind: str) -> N
         unreachable("refused") as refused_port,
         unreachable("silent") as silent_port,
         unreachable("closing") as closing_port,
+        unreachable("mute") as mute_port,
     ):
         cases: dict[str, Awaitable[tuple[float, BaseException | None]]] = {}
         for failure, port in (
             ("refused", refused_port),
             ("silent", silent_port),
             ("closing", closing_port),
+            ("mute", mute_port),
         ):
             for name, call in CORE_CALLS.items():
                 layer: Any = ValkeyChannelLayer(hosts=[entry(kind, port)])
