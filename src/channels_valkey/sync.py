@@ -64,10 +64,14 @@ def _call(method: str, alias: str, *args: Any) -> None:
 def _layer(alias: str) -> tuple[Any, Any]:
     """The layer of ``alias``, and the one it replaced, if Channels replaced it since the last
     call (a change of ``CHANNEL_LAYERS``, as ``override_settings`` makes in tests)."""
-    layer = get_channel_layer(alias)
-    if layer is None:
-        raise InvalidChannelLayerError(f"No channel layer with alias {alias!r} in CHANNEL_LAYERS")
+    # Under the lock, so that threads calling at once for the first time get one layer:
+    # Channels makes the layer on first use, and does not guard against two threads doing so.
     with _resolved_lock:
+        layer = get_channel_layer(alias)
+        if layer is None:
+            raise InvalidChannelLayerError(
+                f"No channel layer with alias {alias!r} in CHANNEL_LAYERS"
+            )
         previous = _resolved.get(alias)
         _resolved[alias] = layer
     return layer, (previous if previous is not None and previous is not layer else None)
