@@ -15,14 +15,14 @@ for three calls: `send` to one normal channel; `group_send` to a group of 20 con
 channels, as websocket consumers add themselves (``self.channel_name``, process-local channels
 made by ``new_channel()``) spread over 2 server processes (2 more layer instances of the same
 config, which only make the names); and `group_send-normal` to a group of 20 normal channels,
-which costs every layer one write per member. One thread calls in a loop for ``--seconds``, after a ``--warmup`` that is not
-counted. The layer comes from ``get_channel_layer()`` with Django settings made in the
-process, as a view or a Celery task would get it. Every channel's capacity is set far above
-what a measurement writes, so no call meets a full channel; the server is flushed before each
-measurement. Reported: calls/s, and new connections per call (``total_connections_received``
-of ``INFO stats`` before and after the measured loop, read on one connection opened before).
-Rounds interleave the cases, their order rotated by one each round; ratios are taken within a
-round, then the median over rounds.
+which costs every layer one write per member. One thread calls in a loop for ``--seconds``,
+after a ``--warmup`` that is not counted. The layer comes from ``get_channel_layer()`` with
+Django settings made in the process, as a view or a Celery task would get it. Every channel's
+capacity is set far above what a measurement writes, so no call meets a full channel; the
+server is flushed before each measurement. Reported: calls/s, and new connections per call
+(``total_connections_received`` of ``INFO stats`` before and after the measured loop, read on
+one connection opened before). Rounds interleave the cases, their order rotated by one each
+round; ratios are taken within a round, then the median over rounds.
 """
 
 from __future__ import annotations
