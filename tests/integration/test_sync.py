@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,8 +20,9 @@ from channels.layers import channel_layers
 from django.conf import settings
 from django.test import override_settings
 
-from channels_valkey import sync
+from channels_valkey import _retry, sync
 from channels_valkey._background import background
+from channels_valkey.exceptions import ServerUnreachable
 from servers import ValkeyServer
 
 BACKENDS = {
@@ -149,6 +151,21 @@ def test_the_layer_errors_reach_the_caller_unchanged(valkey_server: ValkeyServer
         sync.group_send("room", {"type": "still works"})
 
 
+def test_an_unreachable_server_raises_server_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layer's own error, after its retry deadline (shortened here)."""
+    monkeypatch.setattr(_retry, "DEADLINE", 0.3)
+    with socket.socket() as bound:  # a port that refuses connections: bound, not listening
+        bound.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{bound.getsockname()[1]}"
+        with override_settings(CHANNEL_LAYERS=layers_setting([url])):
+            with pytest.raises(ServerUnreachable):
+                sync.send("jobs", {"type": "m"})
+            with pytest.raises(ServerUnreachable):
+                sync.group_send("room", {"type": "m"})
+
+
 async def test_calling_from_a_running_loop_says_to_await(valkey_server: ValkeyServer) -> None:
     with override_settings(CHANNEL_LAYERS=layers_setting([valkey_server.url])):
         with pytest.raises(RuntimeError, match=r"running event loop.*await"):
@@ -212,9 +229,21 @@ settings.configure(CHANNEL_LAYERS={"default": {
 }})
 from channels_valkey import sync
 
+def sockets():
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            pass
+    return count
+
+before_use = sockets()
 sync.group_send("room", {"type": "m", "by": "parent before fork"})
 pid = os.fork()
 if pid == 0:
+    if sockets() != before_use:
+        print("the child inherited", sockets() - before_use, "socket(s)")
     sync.group_send("room", {"type": "m", "by": "child"})
     sys.exit(0)
 _, status = os.waitpid(pid, 0)
