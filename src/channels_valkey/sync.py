@@ -15,8 +15,13 @@ The layer is the one Channels gives for ``alias`` (``get_channel_layer(alias)``)
 backend. Any number of threads may call at once. Each call returns once the layer's method has
 returned, and raises what it raised (``ChannelFull``, ``ServerUnreachable``, ``TypeError`` for
 a bad name or message...). There is no timeout of its own: the layer's methods are bounded
-already (``ServerUnreachable`` once its retry deadline passes). Calling from a running event
-loop raises ``RuntimeError``: await the layer's method there.
+already (``ServerUnreachable`` once its retry deadline passes), so a timeout here could only
+abandon a call the layer is still making. Calling from a running event loop raises
+``RuntimeError``: await the layer's method there.
+
+The loop's thread starts on the first call and ends at interpreter exit, closing its
+connections; before ``os.fork()`` it is stopped too, so a forked child (a Celery prefork or
+gunicorn worker) starts its own on first use and shares no socket with its parent.
 """
 
 from __future__ import annotations
