@@ -9,6 +9,7 @@ Cases, each measured in a process of its own, started with the Python of its lay
 | --- | --- | --- |
 | `ours sync` | `ours` | `channels_valkey.sync.send(...)` / `.group_send(...)` |
 | `ours async_to_sync` | `ours` | `async_to_sync(layer.send)(...)` on `ValkeyChannelLayer` |
+| `ours await` | `ours` | `await layer.send(...)` on one event loop: the layer's own cost |
 | `channels_redis async_to_sync` | `channels-redis` | the same on `RedisChannelLayer` 4.3.0 |
 
 for three calls: `send` to one normal channel; `group_send` to a group of 20 consumers'
@@ -28,6 +29,7 @@ round; ratios are taken within a round, then the median over rounds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -44,6 +47,7 @@ from resp import RespClient  # noqa: E402
 CASES = {
     "ours sync": ("ours", "channels_valkey.core.ValkeyChannelLayer", "sync"),
     "ours async_to_sync": ("ours", "channels_valkey.core.ValkeyChannelLayer", "async_to_sync"),
+    "ours await": ("ours", "channels_valkey.core.ValkeyChannelLayer", "await"),
     "channels_redis async_to_sync": (
         "channels-redis",
         "channels_redis.core.RedisChannelLayer",
@@ -92,21 +96,24 @@ def worker(args: argparse.Namespace) -> None:
         from channels_valkey import sync
 
         call = getattr(sync, method)
-    else:
+    elif args.how == "async_to_sync":
         call = async_to_sync(getattr(layer, method))
 
     admin = RespClient.from_url(args.url)
-    deadline = time.perf_counter() + args.warmup
-    while time.perf_counter() < deadline:
-        call(target, message)
-    before = int(admin.info("stats")["total_connections_received"])
-    calls = 0
-    start = time.perf_counter()
-    deadline = start + args.seconds
-    while time.perf_counter() < deadline:
-        call(target, message)
-        calls += 1
-    elapsed = time.perf_counter() - start
+    if args.how == "await":
+        before, calls, elapsed = asyncio.run(awaited(args, layer, method, target, message, admin))
+    else:
+        deadline = time.perf_counter() + args.warmup
+        while time.perf_counter() < deadline:
+            call(target, message)
+        before = int(admin.info("stats")["total_connections_received"])
+        calls = 0
+        start = time.perf_counter()
+        deadline = start + args.seconds
+        while time.perf_counter() < deadline:
+            call(target, message)
+            calls += 1
+        elapsed = time.perf_counter() - start
     after = int(admin.info("stats")["total_connections_received"])
     admin.close()
     print(
@@ -120,6 +127,32 @@ def worker(args: argparse.Namespace) -> None:
         ),
         flush=True,
     )
+
+
+async def awaited(
+    args: argparse.Namespace,
+    layer: Any,
+    method: str,
+    target: str,
+    message: dict[str, Any],
+    admin: RespClient,
+) -> tuple[int, int, float]:
+    """The same loop in async code, awaiting the layer on one event loop: the layer's own
+    cost, without the hand-over between threads that a synchronous caller pays."""
+    call = getattr(layer, method)
+    deadline = time.perf_counter() + args.warmup
+    while time.perf_counter() < deadline:
+        await call(target, message)
+    before = int(admin.info("stats")["total_connections_received"])
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + args.seconds
+    while time.perf_counter() < deadline:
+        await call(target, message)
+        calls += 1
+    elapsed = time.perf_counter() - start
+    await layer.close_pools()
+    return before, calls, elapsed
 
 
 def measure(args: argparse.Namespace, case: str, method: str) -> dict[str, float]:
@@ -195,6 +228,22 @@ def render(results: dict[str, object]) -> str:
                 f"| `{method}` | {other} | {goal:g}x | {statistics.median(ratios):.1f}x | "
                 f"{min(ratios):.1f}-{max(ratios):.1f}x | {met}/{len(ratios)} |"
             )
+    lines += [
+        "",
+        "What the hand-over between threads costs: `ours sync` divided by `ours await`.",
+        "",
+        "| method | ratio (median) | lowest-highest |",
+        "| --- | --- | --- |",
+    ]
+    for method in METHODS:
+        ratios = [
+            r[method]["ours sync"]["calls_per_s"] / r[method]["ours await"]["calls_per_s"]
+            for r in rounds
+        ]
+        lines.append(
+            f"| `{method}` | {statistics.median(ratios):.2f} | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +258,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
-    parser.add_argument("--how", choices=["sync", "async_to_sync"], help=argparse.SUPPRESS)
+    parser.add_argument("--how", choices=["sync", "async_to_sync", "await"], help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
