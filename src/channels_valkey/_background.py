@@ -82,8 +82,8 @@ class _Runner:
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         # A call submitted before stop() is registered before _serve() looks at _calls: both
-        # reach the loop through call_soon_threadsafe, in order, and this first step is
-        # scheduled ahead of _serve()'s wake-up.
+        # reach the loop through call_soon_threadsafe, in that order (BackgroundLoop holds
+        # its lock for each), and this first step is scheduled ahead of _serve()'s wake-up.
         task = asyncio.current_task()
         if task is not None:
             self._calls.add(task)
@@ -136,10 +136,9 @@ class BackgroundLoop:
                 "loop until the call is done. In async code, await the layer's method instead "
                 "(await get_channel_layer().group_send(...))."
             )
-        runner = self._current()
-        if runner is None:
+        future = self._submit(make)
+        if future is None:
             return asyncio.run(_awaited(make))
-        future = runner.submit(make)
         try:
             return future.result()
         except BaseException:
@@ -151,8 +150,10 @@ class BackgroundLoop:
         with self._lock:
             self._stop_locked()
 
-    def _current(self) -> _Runner | None:
-        """The running runner, started if need be; ``None`` once stopped for good (exit)."""
+    def _submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T] | None:
+        """Hand ``make`` to the runner, started if need be; ``None`` once stopped for good
+        (exit). Under the lock, so that a stop, which takes it too, comes after the call in
+        the loop's queue and lets it finish (see :meth:`_Runner._call`)."""
         with self._lock:
             if self._exited:
                 return None
@@ -166,7 +167,7 @@ class BackgroundLoop:
                 if not self._runner.running:
                     self._runner = None
                     raise RuntimeError("the background event loop did not start")
-            return self._runner
+            return self._runner.submit(make)
 
     def _stop_locked(self) -> None:
         runner, self._runner = self._runner, None

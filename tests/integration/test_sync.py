@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,36 @@ def test_many_threads_at_once_deliver_everything(kind: str, hosts: list[Any]) ->
         assert len(got) == len(expected)
         for t in range(threads):
             assert [n for sender, n in got if sender == t] == list(range(per_thread))
+
+
+def test_stopping_the_loop_while_threads_call_loses_no_call(
+    valkey_server: ValkeyServer,
+) -> None:
+    """What exit and fork do to the loop, while other threads publish: each call in flight
+    finishes first, later calls start a new loop; none hangs, fails or is lost."""
+    valkey_server.flushall()
+    threads, per_thread = 4, 50
+    with override_settings(CHANNEL_LAYERS=layers_setting([valkey_server.url], capacity=1000)):
+        sync.send("warm", {"type": "m"})
+        done = 0
+        lock = threading.Lock()
+
+        def publish(t: int) -> None:
+            nonlocal done
+            for n in range(per_thread):
+                sync.send("jobs", {"type": "m", "t": t, "n": n})
+            with lock:
+                done += 1
+
+        workers = [threading.Thread(target=publish, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        while any(worker.is_alive() for worker in workers):
+            background.stop()
+        for worker in workers:
+            worker.join()
+        assert done == threads
+        assert valkey_server.client().zcard("asgijobs") == threads * per_thread
 
 
 def test_the_layer_is_the_one_of_the_alias(valkey_server: ValkeyServer) -> None:
