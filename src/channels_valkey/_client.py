@@ -175,6 +175,12 @@ class ReplicaWait:
             raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
 
 
+def parse_alive(reply: object) -> tuple[float | None, list[str]]:
+    """``lua/alive.lua``'s reply as (seconds since the previous heartbeat, dead process ids)."""
+    silent, dead = cast("tuple[bytes, list[bytes]]", reply)
+    return (float(silent) if silent else None), [process.decode("utf8") for process in dead]
+
+
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -200,6 +206,16 @@ class QueueServer(Protocol):
     async def group_discard(self, group_key: str, channel: str) -> None: ...
 
     async def group_members(self, group_key: str, joined_after: float) -> list[str]: ...
+
+    async def group_count(self, group_key: str, joined_after: float) -> int: ...
+
+    async def group_remove(self, group_key: str, channels: Sequence[str]) -> None: ...
+
+    async def unlink(self, keys: Sequence[str]) -> None: ...
+
+    async def alive(
+        self, registry: str, process: str, expiry: float, keep: int
+    ) -> tuple[float | None, list[str]]: ...
 
     async def requeue(
         self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]
@@ -307,6 +323,30 @@ class Shard:
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.host.describe(), error) from error
         return [member.decode("utf8") for member in members]
+
+    async def group_count(self, group_key: str, joined_after: float) -> int:
+        """How many members joined after ``joined_after``."""
+        return int(await self._command("ZCOUNT", group_key, f"({joined_after!r}", "+inf"))
+
+    async def group_remove(self, group_key: str, channels: Sequence[str]) -> None:
+        await self._command("ZREM", group_key, *channels)
+
+    async def unlink(self, keys: Sequence[str]) -> None:
+        await self._command("UNLINK", *keys)
+
+    async def alive(
+        self, registry: str, process: str, expiry: float, keep: int
+    ) -> tuple[float | None, list[str]]:
+        """Heartbeat for ``process`` (unless empty) and read the dead (``lua/alive.lua``):
+        the seconds since its previous heartbeat, and the ids of the dead processes."""
+        reply = await self._run(_scripts.ALIVE, [registry], [process, repr(expiry), keep])
+        return parse_alive(reply)
+
+    async def _command(self, *args: _scripts.Arg) -> Any:
+        try:
+            return await self.lane.execute_command(*args)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
         args: list[_scripts.Arg] = [expiry]

@@ -7,7 +7,12 @@ slow or restarting, up to ``expiry`` seconds. The key layout and payload format 
 Costs per operation (client round trips): ``send`` 1; ``receive`` at most 1, fewer when a
 burst arrives (one ``BZMPOP`` pops up to ``capacity`` messages for this process's channels);
 ``group_send`` 1 to read the group plus 1 per shard holding members, sent concurrently,
-whatever the group's size; ``group_add``/``group_discard`` 1.
+whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1.
+
+Liveness (``process_expiry``, see ``_alive``): a layer receiving on its process-local channels
+heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
+that stopped heartbeating leave groups at the next ``group_send`` or ``group_size`` of each
+group, which then also sends one ``ZREM`` and one ``UNLINK`` per server holding dead queues.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -25,8 +31,9 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from ._alive import Liveness
 from ._client import QueueServer, ReplicaWait
-from ._config import LayerConfig, build_config
+from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._log import RateLimitedLog
@@ -70,6 +77,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         serializer_format: str = "msgpack",
         wait_for_replicas: int = 0,
         replica_timeout: float = 1.0,
+        process_expiry: float | None = DEFAULT_PROCESS_EXPIRY,
     ) -> None:
         self.config: LayerConfig = build_config(
             hosts=hosts,
@@ -81,6 +89,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             random_prefix_length=random_prefix_length,
             wait_for_replicas=wait_for_replicas,
             replica_timeout=replica_timeout,
+            process_expiry=process_expiry,
         )
         for host in self.config.hosts:
             check_server(host)
@@ -118,6 +127,19 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
         self._receiving = 0
+        self._liveness = (
+            None
+            if self.config.process_expiry is None
+            else Liveness(
+                self.client_prefix,
+                self._keys.alive(),
+                self.config.process_expiry,
+                self.config.group_expiry,
+            )
+        )
+        #: The per-loop resources running the heartbeat: those of the loop that last received
+        #: on a process-local channel (a weak reference: the loop's end must free them).
+        self._heartbeat_owner: weakref.ref[LoopResources] | None = None
 
     # Read-only views of the options, under the names channels_redis exposes.
     @property
@@ -144,6 +166,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def channel_capacity(self) -> list[tuple[re.Pattern[str], int]]:
         """The compiled ``channel_capacity`` rules, first match first."""
         return list(self.config.channel_capacity)
+
+    @property
+    def process_expiry(self) -> float | None:
+        return self.config.process_expiry
 
     @property
     def ring_size(self) -> int:
@@ -196,6 +222,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         resources = await self._resources()
         loop = asyncio.get_running_loop()
         self._enter_receive(loop)
+        if is_process_local(channel):
+            self._keep_alive(resources)
         try:
             message = self._mailbox.take(channel)
             if message is not None:
@@ -241,11 +269,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Send ``message`` to every member; members at capacity are skipped and counted."""
         self.require_valid_group_name(group)
         check_message(message)
-        shards = (await self._resources()).shards
+        resources = await self._resources()
+        shards = resources.shards
         now = time.time()
-        members = await (await self._group_shard(group)).group_members(
-            self._keys.group(group), now - self.group_expiry
-        )
+        members, dead = await self._live_members(resources, group, now)
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
         # Serialized even for an empty group, so a bad message fails the same way every time.
         shared = self._serializer.serialize(message)  # one payload for every normal channel
@@ -257,14 +284,34 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             )
             for index, writes in plan.items()
         ]
+        results, _ = await asyncio.gather(
+            asyncio.gather(*sends), self._forget_dead(resources, group, dead)
+        )
         full = 0
-        for writes, skipped in zip(plan.values(), await asyncio.gather(*sends), strict=True):
+        for writes, skipped in zip(plan.values(), results, strict=True):
             full += sum(len(writes[i].local_channels) or 1 for i in skipped)
         self._stats.group_sends += 1
         self._stats.group_deliveries += len(members) - full
         self._stats.group_members_full += full
         if full:
             logger.info("%d of %d channels in group %s were full", full, len(members), group)
+
+    async def group_size(self, group: str) -> int:
+        """How many channels are in ``group`` now: members whose membership has not expired
+        (``group_expiry``), less those of processes taken for dead (see ``process_expiry``).
+        Channels of processes that do not heartbeat (channels_redis, older releases) count
+        until they leave or expire. One round trip; more when dead members are removed."""
+        self.require_valid_group_name(group)
+        resources = await self._resources()
+        now = time.time()
+        liveness = self._liveness
+        if liveness is None or (liveness.fresh and not liveness.has_dead):
+            # Nobody is dead: the server counts, without sending the names.
+            shard = resources.shards[shard_index(group, self.ring_size)]
+            return await shard.group_count(self._keys.group(group), now - self.group_expiry)
+        members, dead = await self._live_members(resources, group, now)
+        await self._forget_dead(resources, group, dead)
+        return len(members)
 
     # --- flush extension and closing -------------------------------------------------------
 
@@ -311,6 +358,65 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if is_process_local(channel):
             return shard_index(non_local_name(channel), self.ring_size)
         return next(self._normal_shards)
+
+    async def _live_members(
+        self, resources: LoopResources, group: str, now: float
+    ) -> tuple[list[str], list[str]]:
+        """The group's unexpired members, split into (live, dead). The group is read in one
+        round trip; the view of the dead is read alongside when it is out of date (at most
+        once per heartbeat interval, and never while this layer heartbeats)."""
+        shard = resources.shards[shard_index(group, self.ring_size)]
+        read = shard.group_members(self._keys.group(group), now - self.group_expiry)
+        liveness = self._liveness
+        if liveness is None:
+            return await read, []
+        if liveness.fresh:
+            members = await read
+        else:
+            registry = resources.shards[self._registry_shard]
+            members, _ = await asyncio.gather(
+                read, resources.refresh(partial(liveness.refresh, registry))
+            )
+        dead = liveness.dead_among(members)
+        if not dead:
+            return members, []
+        gone = set(dead)
+        return [member for member in members if member not in gone], dead
+
+    async def _forget_dead(self, resources: LoopResources, group: str, dead: list[str]) -> None:
+        """Remove channels of dead processes from ``group`` and delete their queues (what
+        waits there will never be read), concurrently."""
+        if not dead:
+            return
+        by_shard: dict[int, set[str]] = {}
+        for name in {non_local_name(channel) for channel in dead}:
+            by_shard.setdefault(shard_index(name, self.ring_size), set()).add(
+                self._keys.queue(name)
+            )
+        shards = resources.shards
+        await asyncio.gather(
+            shards[shard_index(group, self.ring_size)].group_remove(self._keys.group(group), dead),
+            *(shards[index].unlink(sorted(queues)) for index, queues in by_shard.items()),
+        )
+        logger.info("Removed %d channel(s) of dead processes from group %s", len(dead), group)
+
+    @property
+    def _registry_shard(self) -> int:
+        return shard_index(self._keys.alive(), self.ring_size)
+
+    def _keep_alive(self, resources: LoopResources) -> None:
+        """Make sure the loop that receives runs the heartbeat (the previous loop's stops):
+        one heartbeat per layer, which ends with the loop that receives."""
+        liveness = self._liveness
+        if liveness is None:
+            return
+        owner = self._heartbeat_owner() if self._heartbeat_owner is not None else None
+        if owner is resources and resources.heartbeating:
+            return
+        if owner is not None:
+            owner.stop_heartbeat()
+        resources.start_heartbeat(liveness.heartbeat(resources.shards[self._registry_shard]))
+        self._heartbeat_owner = weakref.ref(resources)
 
     def _check_owned(self, channel: str) -> None:
         if not non_local_name(channel).endswith(f".{self.client_prefix}!"):

@@ -1,0 +1,230 @@
+"""Liveness and group_size on the core layer, against real servers and real processes.
+
+A process killed with SIGKILL never calls ``group_discard``; once it has been silent for
+``process_expiry`` its channels leave the groups and its queue is deleted, while the channels
+of processes that do not heartbeat (a real channels_redis layer, and a peer's name added by
+hand) are kept and still receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from asyncio.subprocess import PIPE
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import valkey
+from channels_redis.core import RedisChannelLayer
+
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.exceptions import ConfigurationError
+from servers import Topology, ValkeyServer
+
+MEMBER = Path(__file__).parent.parent / "peers" / "member.py"
+
+#: process_expiry in these tests: short, so a dead process is found quickly.
+EXPIRY = 2.0
+
+#: How long a condition may take before the test fails: generous, for a busy machine.
+BOUND = 60.0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` holds (polled: what it waits for is a server's clock)."""
+    deadline = time.monotonic() + BOUND
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {BOUND:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def on_servers(topology: Topology, command: str, key: str, *args: str) -> float:
+    """``command key *args`` on whichever server holds ``key`` (other cluster nodes answer
+    MOVED; other shards answer nothing), as a number (nothing counts as 0)."""
+    total = 0.0
+    for server in topology.servers:
+        try:
+            reply = server.client().execute_command(command, key, *args)
+        except valkey.exceptions.ResponseError:
+            continue  # MOVED: another node serves the key
+        total += float(reply or 0)
+    return total
+
+
+def member_hosts(topology: Topology) -> list[Any]:
+    """``hosts`` as JSON for the member process (a parser class cannot go on a command line,
+    and the parser does not matter to a process about to be killed)."""
+    if topology.name in ("python-parser", "sharded"):
+        return [server.url for server in topology.servers]
+    return topology.hosts
+
+
+def their_hosts(topology: Topology) -> list[Any] | None:
+    """The same servers for channels_redis, which knows no valkey:// scheme and no cluster.
+    Under Sentinel it gets the primary's address (its Sentinel client leaves connections to
+    the sentinels open after ``close_pools``); it shares the server with us all the same."""
+    servers = topology.servers
+    if topology.name == "cluster":
+        return None
+    if topology.name == "unix":
+        return [f"unix://{servers[0].unix_path}"]
+    if topology.name == "tls":
+        address = servers[0].tls_url.replace("valkeys://", "rediss://")
+        return [{"address": address, **servers[0].ssl_kwargs()}]
+    return [f"redis://{server.host}:{server.port}" for server in servers]
+
+
+@pytest.fixture
+async def layers() -> AsyncIterator[list[Any]]:
+    """Layers of either package, closed after the test."""
+    opened: list[Any] = []
+    yield opened
+    for layer in opened:
+        if isinstance(layer, ValkeyChannelLayer):
+            await layer.close()
+        else:
+            await layer.close_pools()
+
+
+async def receive(layer: Any, channel: str) -> dict[str, Any]:
+    return dict(await asyncio.wait_for(layer.receive(channel), BOUND))
+
+
+async def test_a_killed_process_leaves_its_groups(
+    topology: Topology, hosts: list[Any], layers: list[Any]
+) -> None:
+    groups = ["room-a", "room-b"]
+    options = {"hosts": member_hosts(topology), "process_expiry": EXPIRY}
+    member = await asyncio.create_subprocess_exec(
+        sys.executable, str(MEMBER), json.dumps(options), "50", *groups, stdout=PIPE
+    )
+    try:
+        assert member.stdout is not None
+        line = await asyncio.wait_for(member.stdout.readline(), BOUND)
+        assert line, f"the member process exited with {await member.wait()}"
+        dead = json.loads(line)
+        dead_queue = (
+            "asgi"
+            + ("{specific.%s!}" if topology.name == "cluster" else "specific.%s!") % dead["process"]
+        )
+
+        ours = ValkeyChannelLayer(hosts=hosts, process_expiry=EXPIRY)
+        layers.append(ours)
+        mine = await ours.new_channel()
+        # A process-local channel of a process that never heartbeats (as a channels_redis or
+        # older process would make): it is never judged, whatever its silence.
+        peer = f"specific.{uuid.uuid4().hex}!{uuid.uuid4().hex}"
+        live = [mine, peer]
+        theirs_hosts = their_hosts(topology)
+        theirs: RedisChannelLayer | None = None
+        if theirs_hosts is not None:
+            theirs = RedisChannelLayer(hosts=theirs_hosts)
+            layers.append(theirs)
+            their_channel = await theirs.new_channel()
+            live.append(their_channel)
+        for group in groups:
+            await ours.group_add(group, mine)
+            await ours.group_add(group, peer)
+            if theirs is not None:
+                await theirs.group_add(group, their_channel)
+        receiving = asyncio.create_task(receive(ours, mine))  # ours heartbeats too
+        registry = "asgi$alive"
+
+        async def ours_registered() -> bool:
+            return on_servers(topology, "ZSCORE", registry, ours.client_prefix) > 0
+
+        await eventually(ours_registered, "our layer heartbeats")
+        first_beat = on_servers(topology, "ZSCORE", registry, ours.client_prefix)
+
+        assert await ours.group_size("room-a") == 50 + len(live)
+        member.kill()
+        await member.wait()
+
+        async def only_live_counted() -> bool:
+            return await ours.group_size("room-a") == len(live)
+
+        await eventually(only_live_counted, "room-a no longer counts the killed process")
+        assert on_servers(topology, "EXISTS", dead_queue) == 0
+
+        # room-b still holds the dead members on the server; a group send removes them and
+        # writes only to the live.
+        await ours.group_send("room-b", {"type": "hello"})
+        assert on_servers(topology, "EXISTS", dead_queue) == 0
+        group_b = "asgi:group:{room-b}" if topology.name == "cluster" else "asgi:group:room-b"
+        assert on_servers(topology, "ZCARD", group_b) == len(live)
+        assert await ours.group_size("room-b") == len(live)
+        assert await receiving == {"type": "hello"}
+        if theirs is not None:
+            assert await receive(theirs, their_channel) == {"type": "hello"}
+        await ours.group_send("room-a", {"type": "again"})
+        assert on_servers(topology, "EXISTS", dead_queue) == 0
+        assert await receive(ours, mine) == {"type": "again"}
+        if theirs is not None:
+            assert await receive(theirs, their_channel) == {"type": "again"}
+
+        async def ours_renewed() -> bool:
+            return on_servers(topology, "ZSCORE", registry, ours.client_prefix) > first_beat
+
+        await eventually(ours_renewed, "our layer's heartbeat renewed")
+        assert await ours.group_size("room-a") == len(live)  # a live process is never removed
+    finally:
+        if member.returncode is None:
+            member.kill()
+            await member.wait()
+
+
+async def test_group_size_counts_current_members(
+    topology: Topology, hosts: list[Any], layers: list[Any]
+) -> None:
+    layer = ValkeyChannelLayer(hosts=hosts)
+    layers.append(layer)
+    assert await layer.group_size("empty") == 0
+    channels = [await layer.new_channel() for _ in range(3)] + ["normal.one"]
+    for channel in channels:
+        await layer.group_add("room", channel)
+    await layer.group_add("room", channels[0])  # already in: counted once
+    assert await layer.group_size("room") == 4
+    await layer.group_discard("room", channels[1])
+    assert await layer.group_size("room") == 3
+
+
+async def test_group_size_leaves_out_expired_members(
+    topology: Topology, hosts: list[Any], layers: list[Any]
+) -> None:
+    layer = ValkeyChannelLayer(hosts=hosts, group_expiry=1)
+    layers.append(layer)
+    await layer.group_add("room", "normal.one")
+    assert await layer.group_size("room") == 1
+
+    async def expired() -> bool:
+        return await layer.group_size("room") == 0
+
+    await eventually(expired, "the membership expired")
+
+
+async def test_with_liveness_off_nothing_is_registered_or_removed(
+    valkey_server: ValkeyServer, layers: list[Any]
+) -> None:
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=None)
+    layers.append(layer)
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await layer.send(channel, {"type": "m"})
+    assert await receive(layer, channel) == {"type": "m"}
+    await layer.group_send("room", {"type": "g"})
+    assert await receive(layer, channel) == {"type": "g"}
+    assert valkey_server.client().exists("asgi$alive") == 0
+    assert await layer.group_size("room") == 1
+
+
+@pytest.mark.parametrize("value", [0, 0.5, -1, "60", True, float("nan"), float("inf")])
+def test_process_expiry_is_checked(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="process_expiry"):
+        ValkeyChannelLayer(process_expiry=value)  # type: ignore[arg-type]
