@@ -14,9 +14,10 @@ exactly as before.
 
 Each layer keeps a view of the dead: the same script call that heartbeats returns them. A layer
 that does not heartbeat (it only sends) reads the view with that script, at most once per
-interval, alongside a group read, so a group send stays at its round trips; only when it finds
-dead members does it pay more: one ``ZREM`` on the group's server and one ``UNLINK`` of the dead
-queues per server holding them, sent concurrently with the group send's writes.
+interval, sent alongside a group read and never awaited by it, so a group send keeps its round
+trips; only when it finds dead members does it pay more: one ``ZREM`` on the group's server and
+one ``UNLINK`` of the dead queues per server holding them, sent concurrently with the group
+send's writes.
 """
 
 from __future__ import annotations
@@ -75,12 +76,13 @@ class Liveness:
 
     async def refresh(self, server: QueueServer) -> None:
         """Read the view without heartbeating. Liveness only ever removes members, so when
-        the registry cannot be read the old view is kept and the caller goes on."""
+        the registry cannot be read the old view is kept, for one more interval."""
+        dead: Iterable[str]
         try:
             _, dead = await server.alive(self.registry, "", self.expiry, self.keep)
         except Exception as error:
             self._failure_log.warning("Could not read the live processes: %s", error)
-            return
+            dead = self._dead
         self.learn(dead)
 
     async def heartbeat(self, server: QueueServer) -> None:

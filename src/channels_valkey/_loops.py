@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ._client import QueueServer
@@ -69,12 +69,11 @@ class LoopResources(LoopOwned):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 self.loop.call_soon_threadsafe(task.cancel)
 
-    def refresh(self, make: Callable[[], Coroutine[Any, Any, None]]) -> Awaitable[None]:
-        """One read of the live processes at a time on this loop, shared by its callers
-        (a caller that is cancelled does not cancel it for the others)."""
+    def refresh(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start a read of the live processes unless one is under way on this loop; it runs
+        as a task of this loop, so it ends with the loop like the others."""
         if self._refresh is None or self._refresh.done():
             self._refresh = self.loop.create_task(make(), name="channels_valkey liveness read")
-        return asyncio.shield(self._refresh)
 
     def _abandon(self) -> None:
         for task in (self._heartbeat, self._refresh):

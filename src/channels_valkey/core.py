@@ -304,9 +304,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.require_valid_group_name(group)
         resources = await self._resources()
         now = time.time()
-        liveness = self._liveness
-        if liveness is None or (liveness.fresh and not liveness.has_dead):
-            # Nobody is dead: the server counts, without sending the names.
+        self._watch(resources)
+        if self._liveness is None or not self._liveness.has_dead:
+            # Nobody is known dead: the server counts, without sending the names.
             shard = resources.shards[shard_index(group, self.ring_size)]
             return await shard.group_count(self._keys.group(group), now - self.group_expiry)
         members, dead = await self._live_members(resources, group, now)
@@ -362,22 +362,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def _live_members(
         self, resources: LoopResources, group: str, now: float
     ) -> tuple[list[str], list[str]]:
-        """The group's unexpired members, split into (live, dead). The group is read in one
-        round trip; the view of the dead is read alongside when it is out of date (at most
-        once per heartbeat interval, and never while this layer heartbeats)."""
+        """The group's unexpired members, split into (live, dead), in one round trip."""
+        self._watch(resources)
         shard = resources.shards[shard_index(group, self.ring_size)]
-        read = shard.group_members(self._keys.group(group), now - self.group_expiry)
-        liveness = self._liveness
-        if liveness is None:
-            return await read, []
-        if liveness.fresh:
-            members = await read
-        else:
-            registry = resources.shards[self._registry_shard]
-            members, _ = await asyncio.gather(
-                read, resources.refresh(partial(liveness.refresh, registry))
-            )
-        dead = liveness.dead_among(members)
+        members = await shard.group_members(self._keys.group(group), now - self.group_expiry)
+        dead = [] if self._liveness is None else self._liveness.dead_among(members)
         if not dead:
             return members, []
         gone = set(dead)
@@ -399,6 +388,15 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             *(shards[index].unlink(sorted(queues)) for index, queues in by_shard.items()),
         )
         logger.info("Removed %d channel(s) of dead processes from group %s", len(dead), group)
+
+    def _watch(self, resources: LoopResources) -> None:
+        """Start reading the view of the dead when it is out of date, which happens only in a
+        layer that does not heartbeat, at most once per interval. The read is sent alongside
+        the caller's and never awaited: the view it brings serves the calls that follow, so
+        a registry that is slow or unreachable never delays a group send."""
+        liveness = self._liveness
+        if liveness is not None and not liveness.fresh:
+            resources.refresh(partial(liveness.refresh, resources.shards[self._registry_shard]))
 
     @property
     def _registry_shard(self) -> int:

@@ -228,3 +228,58 @@ async def test_with_liveness_off_nothing_is_registered_or_removed(
 def test_process_expiry_is_checked(value: object) -> None:
     with pytest.raises(ConfigurationError, match="process_expiry"):
         ValkeyChannelLayer(process_expiry=value)  # type: ignore[arg-type]
+
+
+def heartbeats(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[Any]]:
+    return [
+        task
+        for task in asyncio.all_tasks(loop)
+        if task.get_name() == "channels_valkey heartbeat" and not task.done()
+    ]
+
+
+def test_one_heartbeat_follows_the_loop_that_receives(valkey_server: ValkeyServer) -> None:
+    """The heartbeat runs on the loop that last received on a local channel, once per layer;
+    it stops with that loop, whether the loop is closed with or without cleanup, and the next
+    loop to receive takes it up."""
+    valkey_server.flushall()
+    admin = valkey_server.client()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=1)
+
+    def last_beat() -> float:
+        return float(admin.zscore("asgi$alive", layer.client_prefix) or 0)
+
+    async def receive_one() -> None:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "m"})
+        assert await receive(layer, channel) == {"type": "m"}
+
+    async def heartbeating_here() -> None:
+        await receive_one()
+        assert len(heartbeats(asyncio.get_running_loop())) == 1
+        before = last_beat()
+
+        async def renewed() -> bool:
+            return last_beat() > before
+
+        await eventually(renewed, "the heartbeat renewed on this loop")
+
+    loop_a = asyncio.new_event_loop()
+    loop_a.run_until_complete(receive_one())
+    assert len(heartbeats(loop_a)) == 1
+    # Another loop receives: the heartbeat moves there, and loop A's stops.
+    asyncio.run(heartbeating_here())
+    loop_a.run_until_complete(asyncio.sleep(0))  # runs the stop handed over to loop A
+    loop_a.run_until_complete(asyncio.sleep(0))
+    assert heartbeats(loop_a) == []
+    loop_a.run_until_complete(layer.close())
+    loop_a.close()
+
+    # A loop closed without cleanup while heartbeating: the next loop that receives takes
+    # over (and releases what the closed loop held).
+    loop_c = asyncio.new_event_loop()
+    loop_c.run_until_complete(receive_one())
+    assert len(heartbeats(loop_c)) == 1
+    loop_c.close()
+    asyncio.run(heartbeating_here())
+    admin.flushall()
