@@ -66,6 +66,10 @@ def test_classify_matches_the_key_layout() -> None:
         assert classify(local, "pre", hash_tags=hash_tags) == ("process", "specific.x!")
         assert classify(keys.group("g"), "pre", hash_tags=hash_tags) == ("group", "g")
         assert classify(keys.wake(queue, "r"), "pre", hash_tags=hash_tags)[0] == "internal"
+        assert classify(keys.alive(), "pre", hash_tags=hash_tags) == (
+            "registry",
+            "live processes",
+        )
 
 
 @pytest.mark.parametrize(
