@@ -93,11 +93,15 @@ def test_core_needs() -> None:
         "SCRIPT LOAD",
         "BZMPOP",
         "ZRANGEBYSCORE",
+        "ZCOUNT",
         "ZREM",
         "ZADD",
         "ZCARD",
         "ZREMRANGEBYSCORE",
         "EXPIRE",
+        "ZSCORE",
+        "TIME",
+        "INFO",
         "SCAN",
         "UNLINK",
         "WAIT",
@@ -111,10 +115,16 @@ def test_pubsub_needs() -> None:
         "PUBLISH",
         "SUBSCRIBE",
         "UNSUBSCRIBE",
+        "PUBSUB NUMSUB",
         "PING",
     ]
     assert needs_of("pubsub", on_cluster=True) == PUBSUB_NEEDS + PUBSUB_CLUSTER_NEEDS
-    assert commands(PUBSUB_CLUSTER_NEEDS) == ["SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE"]
+    assert commands(PUBSUB_CLUSTER_NEEDS) == [
+        "SPUBLISH",
+        "SSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "PUBSUB SHARDNUMSUB",
+    ]
     assert needs_of("core", on_cluster=True) == CORE_NEEDS
 
 

@@ -13,6 +13,8 @@
 local registry = KEYS[1]
 local expiry = tonumber(ARGV[2])
 local keep = tonumber(ARGV[3])
+-- INFO first: a user not allowed to run it writes nothing.
+local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local silent = ''
@@ -25,7 +27,6 @@ if ARGV[1] ~= '' then
   redis.call('ZREMRANGEBYSCORE', registry, '-inf', now - keep)
   redis.call('EXPIRE', registry, math.ceil(keep))
 end
-local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
 if uptime < expiry then
   return {silent, {}}
 end
