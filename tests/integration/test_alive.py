@@ -283,3 +283,78 @@ def test_one_heartbeat_follows_the_loop_that_receives(valkey_server: ValkeyServe
     loop_c.close()
     asyncio.run(heartbeating_here())
     admin.flushall()
+
+
+def register_dead(server: ValkeyServer, process: str, silent: float) -> None:
+    """Put ``process`` in the registry as if its last heartbeat was ``silent`` seconds ago,
+    by the server's clock (what a process killed that long ago leaves behind)."""
+    admin = server.client()
+    seconds, micros = admin.time()
+    admin.zadd("asgi$alive", {process: seconds + micros / 1e6 - silent})
+
+
+async def test_a_layer_that_only_sends_learns_the_dead_and_never_registers(
+    valkey_server: ValkeyServer, layers: list[Any]
+) -> None:
+    """A process that never receives (a Celery worker, a view with async_to_sync) reads the
+    registry at most once per interval, alongside its calls, and is never in it itself."""
+    valkey_server.flushall()
+    register_dead(valkey_server, "deadbeef", silent=1000)
+    sender = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=EXPIRY)
+    layers.append(sender)
+    for n in range(3):
+        await sender.group_add("room", f"specific.deadbeef!{n}")
+    await sender.group_add("room", "normal.kept")
+
+    async def only_the_live_counted() -> bool:
+        return await sender.group_size("room") == 1
+
+    await eventually(only_the_live_counted, "the sender learned who is dead")
+    await sender.group_send("room", {"type": "m"})
+    assert await receive(sender, "normal.kept") == {"type": "m"}
+    admin = valkey_server.client()
+    assert admin.zrange("asgi:group:room", 0, -1) == [b"normal.kept"]
+    assert admin.zscore("asgi$alive", sender.client_prefix) is None
+
+
+async def test_no_process_is_judged_while_the_server_has_just_restarted(
+    persistent_server: ValkeyServer, layers: list[Any]
+) -> None:
+    """A registry loaded from disk after a restart holds heartbeats as old as the downtime:
+    for process_expiry seconds after a restart nobody is taken for dead, so the live
+    processes have time to heartbeat again."""
+    expiry = 15.0  # well above the few commands between the restart and the first check
+    register_dead(persistent_server, "deadbeef", silent=1000)
+    persistent_server.client().zadd("asgi:group:room", {"specific.deadbeef!a": time.time()})
+    persistent_server.restart()
+    layer = ValkeyChannelLayer(hosts=[persistent_server.url], process_expiry=expiry)
+    layers.append(layer)
+    liveness = layer._liveness
+    assert liveness is not None
+    shard = (await layer._resources()).shards[0]
+    await liveness.refresh(shard)  # what a layer learns right after the restart
+    assert await layer.group_size("room") == 1
+
+    async def judged() -> bool:
+        await liveness.refresh(shard)
+        return await layer.group_size("room") == 0
+
+    await eventually(judged, "the process judged once the server has run process_expiry")
+
+
+async def test_a_process_that_was_silent_too_long_says_so(
+    valkey_server: ValkeyServer, layers: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that comes back after other processes may have taken it for dead (a long
+    stall, a network partition) logs a warning: its channels may have left their groups."""
+    valkey_server.flushall()
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=EXPIRY)
+    layers.append(layer)
+    liveness = layer._liveness
+    assert liveness is not None
+    shard = (await layer._resources()).shards[0]
+    assert await liveness.beat(shard)
+    register_dead(valkey_server, layer.client_prefix, silent=100)
+    with caplog.at_level("WARNING", logger="channels_valkey._alive"):
+        assert await liveness.beat(shard)
+    assert "did not heartbeat for 100 s" in caplog.text
