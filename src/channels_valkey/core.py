@@ -122,6 +122,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             partial(LoopResources, self.config.hosts), on_dead_loop=self._forget_loop
         )
         self._undecodable_log = RateLimitedLog(logger)
+        self._removal_log = RateLimitedLog(logger)
         #: (shard index, wake key) of pops that loops closed without cleanup left behind.
         self._dead_pops: list[tuple[int, str]] = []
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
@@ -374,7 +375,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _forget_dead(self, resources: LoopResources, group: str, dead: list[str]) -> None:
         """Remove channels of dead processes from ``group`` and delete their queues (what
-        waits there will never be read), concurrently."""
+        waits there will never be read), concurrently. Tidying only: the caller already leaves
+        them out, so a failure is logged, not raised, and the next call tries again."""
         if not dead:
             return
         by_shard: dict[int, set[str]] = {}
@@ -383,10 +385,20 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._keys.queue(name)
             )
         shards = resources.shards
-        await asyncio.gather(
+        results = await asyncio.gather(
             shards[shard_index(group, self.ring_size)].group_remove(self._keys.group(group), dead),
             *(shards[index].unlink(sorted(queues)) for index, queues in by_shard.items()),
+            return_exceptions=True,
         )
+        errors = [result for result in results if isinstance(result, BaseException)]
+        for error in errors:
+            if not isinstance(error, Exception):
+                raise error  # a cancellation
+        if errors:
+            self._removal_log.warning(
+                "Could not remove channels of dead processes from group %s: %s", group, errors[0]
+            )
+            return
         logger.info("Removed %d channel(s) of dead processes from group %s", len(dead), group)
 
     def _watch(self, resources: LoopResources) -> None:
