@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from ._client import QueueServer
 from ._keys import process_of
 from ._log import RateLimitedLog
+from .exceptions import ServerUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,17 @@ class Liveness:
             await asyncio.sleep(self.interval if recorded else self.interval / 4)
 
     async def beat(self, server: QueueServer) -> bool:
-        """One heartbeat; ``False`` when it could not be recorded (tried again sooner)."""
+        """One heartbeat; ``False`` when the server could not be reached, so that the next
+        try comes sooner than the next interval. Any other failure (a user not allowed to
+        run the script) is logged and waits for the next interval like a success."""
         try:
             silent, dead = await server.alive(self.registry, self.process, self.expiry, self.keep)
-        except Exception as error:
+        except ServerUnreachable as error:
             self._failure_log.warning("Could not record this process's heartbeat: %s", error)
             return False
+        except Exception as error:
+            self._failure_log.warning("Could not record this process's heartbeat: %s", error)
+            return True
         self.learn(dead)
         if silent is not None and silent > self.expiry:
             logger.warning(

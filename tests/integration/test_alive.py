@@ -358,3 +358,34 @@ async def test_a_process_that_was_silent_too_long_says_so(
     with caplog.at_level("WARNING", logger="channels_valkey._alive"):
         assert await liveness.beat(shard)
     assert "did not heartbeat for 100 s" in caplog.text
+
+
+async def test_a_user_not_allowed_info_writes_nothing_and_sends_as_before(
+    valkey_server: ValkeyServer, layers: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without INFO in its ACL the heartbeat fails before writing anything (logged): the
+    process is not registered, so nobody ever judges it, and everything else works."""
+    valkey_server.flushall()
+    admin: Any = valkey_server.client()
+    user = f"alive{uuid.uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-info")
+    try:
+        url = f"valkey://{user}:pw@{valkey_server.host}:{valkey_server.port}"
+        layer = ValkeyChannelLayer(hosts=[url], process_expiry=EXPIRY)
+        layers.append(layer)
+        liveness = layer._liveness
+        assert liveness is not None
+        shard = (await layer._resources()).shards[0]
+        with caplog.at_level("WARNING", logger="channels_valkey._alive"):
+            await liveness.beat(shard)
+        assert "Could not record this process's heartbeat" in caplog.text
+        assert admin.exists("asgi$alive") == 0
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await layer.group_send("room", {"type": "m"})
+        assert await receive(layer, channel) == {"type": "m"}
+        assert await layer.group_size("room") == 1
+        assert admin.exists("asgi$alive") == 0
+        await layer.close()
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
