@@ -6,13 +6,16 @@ A process killed with ``kill -9``, by the OOM killer or with its host never call
 
 Taking part is explicit. A layer that receives on one of its process-local channels
 heartbeats: every ``process_expiry / 4`` seconds one script call (``lua/alive.lua``) scores its
-``client_prefix`` in a registry (``KeySpace.alive``, one sorted set on one server) with the
-server's time. A member of a group is dead when its process is in the registry with a heartbeat
-older than ``process_expiry``; a process that is not in the registry at all (channels_redis,
-older releases, a layer with liveness turned off) is never judged, so its channels are kept
-exactly as before.
+``client_prefix`` in a registry (``KeySpace.alive``, one sorted set on one server) with the time
+until which it counts as alive: the server's time plus its own ``process_expiry``, so processes
+configured differently still judge each other by what each declared. A member of a group is
+dead when its process is in the registry and that time has passed; a process that is not in the
+registry at all (channels_redis, older releases, a layer with liveness turned off) is never
+judged, so its channels are kept exactly as before.
 
-Each layer keeps a view of the dead: the same script call that heartbeats returns them. A layer
+Each layer keeps a view of the dead: the same script call that heartbeats returns them, and
+only when they changed since the caller last heard (a count and the latest deadline among
+them tell), so a heartbeat stays small however many processes have died. A layer
 that does not heartbeat (it only sends) reads the view with that script, at most once per
 interval, sent alongside a group read and never awaited by it, so a group send keeps its round
 trips; only when it finds dead members does it pay more: one ``ZREM`` on the group's server and
@@ -26,9 +29,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from ._client import QueueServer
+from ._client import AliveReply, QueueServer
 from ._keys import process_of
 from ._log import RateLimitedLog
 from .exceptions import ServerUnreachable
@@ -47,10 +50,12 @@ class Liveness:
         #: Four heartbeats per expiry: one or two may be lost to a failover or a stall
         #: without the process being taken for dead.
         self.interval = expiry / 4
-        #: How long a silent process stays in the registry: until its memberships, which
-        #: are no older than its last heartbeat, have all expired.
+        #: How long after its deadline a dead process stays in the registry: until its
+        #: memberships, which are no older than its last heartbeat, have all expired.
         self.keep = group_expiry + math.ceil(expiry)
         self._dead: frozenset[str] = frozenset()
+        #: What the registry said of the dead last time (see ``lua/alive.lua``).
+        self._known: tuple[int, str] = (0, "")
         self._learned_at = -math.inf
         self._failure_log = RateLimitedLog(logger)
 
@@ -70,21 +75,23 @@ class Liveness:
             return []
         return [member for member in members if process_of(member) in self._dead]
 
-    def learn(self, dead: Iterable[str]) -> None:
-        # A layer never takes itself for dead: it is running this.
-        self._dead = frozenset(dead) - {self.process}
+    def learn(self, reply: AliveReply) -> None:
+        if reply.dead is not None:
+            # A layer never takes itself for dead: it is running this.
+            self._dead = frozenset(reply.dead) - {self.process}
+        self._known = reply.known
         self._learned_at = time.monotonic()
 
     async def refresh(self, server: QueueServer) -> None:
         """Read the view without heartbeating. Liveness only ever removes members, so when
         the registry cannot be read the old view is kept, for one more interval."""
-        dead: Iterable[str]
         try:
-            _, dead = await server.alive(self.registry, "", self.expiry, self.keep)
+            reply = await server.alive(self.registry, "", self.expiry, self.keep, self._known)
         except Exception as error:
             self._failure_log.warning("Could not read the live processes: %s", error)
-            dead = self._dead
-        self.learn(dead)
+            self._learned_at = time.monotonic()
+            return
+        self.learn(reply)
 
     async def heartbeat(self, server: QueueServer) -> None:
         """Heartbeat until cancelled (by the per-loop resources that own this task)."""
@@ -97,20 +104,22 @@ class Liveness:
         try comes sooner than the next interval. Any other failure (a user not allowed to
         run the script) is logged and waits for the next interval like a success."""
         try:
-            silent, dead = await server.alive(self.registry, self.process, self.expiry, self.keep)
+            reply = await server.alive(
+                self.registry, self.process, self.expiry, self.keep, self._known
+            )
         except ServerUnreachable as error:
             self._failure_log.warning("Could not record this process's heartbeat: %s", error)
             return False
         except Exception as error:
             self._failure_log.warning("Could not record this process's heartbeat: %s", error)
             return True
-        self.learn(dead)
-        if silent is not None and silent > self.expiry:
+        self.learn(reply)
+        if reply.silent is not None and reply.silent > self.expiry:
             logger.warning(
                 "This process did not heartbeat for %.0f s, longer than process_expiry (%g s): "
                 "other processes may have taken it for dead and removed its channels from "
                 "groups",
-                silent,
+                reply.silent,
                 self.expiry,
             )
         return True

@@ -175,10 +175,26 @@ class ReplicaWait:
             raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
 
 
-def parse_alive(reply: object) -> tuple[float | None, list[str]]:
-    """``lua/alive.lua``'s reply as (seconds since the previous heartbeat, dead process ids)."""
-    silent, dead = cast("tuple[bytes, list[bytes]]", reply)
-    return (float(silent) if silent else None), [process.decode("utf8") for process in dead]
+@dataclass(frozen=True)
+class AliveReply:
+    """What ``lua/alive.lua`` tells (see there)."""
+
+    #: Seconds since the caller's previous heartbeat; ``None`` if it had none (or only read).
+    silent: float | None
+    #: How many registered processes are dead, and the latest deadline among them: what the
+    #: caller passes back next time, so the ids travel only when they changed.
+    known: tuple[int, str]
+    #: The dead processes' ids; ``None`` when they are those the caller knew.
+    dead: list[str] | None
+
+
+def parse_alive(reply: object) -> AliveReply:
+    silent, count, newest, changed, dead = cast("tuple[bytes, int, bytes, int, list[bytes]]", reply)
+    return AliveReply(
+        float(silent) if silent else None,
+        (int(count), newest.decode("ascii")),
+        [process.decode("utf8") for process in dead] if changed else None,
+    )
 
 
 class QueueServer(Protocol):
@@ -214,8 +230,8 @@ class QueueServer(Protocol):
     async def unlink(self, keys: Sequence[str]) -> None: ...
 
     async def alive(
-        self, registry: str, process: str, expiry: float, keep: int
-    ) -> tuple[float | None, list[str]]: ...
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply: ...
 
     async def requeue(
         self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]
@@ -335,12 +351,11 @@ class Shard:
         await self._command("UNLINK", *keys)
 
     async def alive(
-        self, registry: str, process: str, expiry: float, keep: int
-    ) -> tuple[float | None, list[str]]:
-        """Heartbeat for ``process`` (unless empty) and read the dead (``lua/alive.lua``):
-        the seconds since its previous heartbeat, and the ids of the dead processes."""
-        reply = await self._run(_scripts.ALIVE, [registry], [process, repr(expiry), keep])
-        return parse_alive(reply)
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply:
+        """Heartbeat for ``process`` (unless empty) and read the dead (``lua/alive.lua``)."""
+        args: list[_scripts.Arg] = [process, repr(expiry), keep, known[0], known[1]]
+        return parse_alive(await self._run(_scripts.ALIVE, [registry], args))
 
     async def _command(self, *args: _scripts.Arg) -> Any:
         try:

@@ -26,7 +26,7 @@ from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, ReplicaWait, connection_kwargs, parse_alive
+from ._client import REDIRECT_ERRORS, AliveReply, ReplicaWait, connection_kwargs, parse_alive
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from ._per_loop import release_dead
@@ -240,11 +240,10 @@ class ClusterShard:
         await self._retrying(lambda: self.client.unlink(*keys))
 
     async def alive(
-        self, registry: str, process: str, expiry: float, keep: int
-    ) -> tuple[float | None, list[str]]:
-        return parse_alive(
-            await self._script(_scripts.ALIVE, [registry], [process, repr(expiry), keep])
-        )
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply:
+        args = [process, repr(expiry), keep, known[0], known[1]]
+        return parse_alive(await self._script(_scripts.ALIVE, [registry], args))
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
         args: list[Any] = [expiry]

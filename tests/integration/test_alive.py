@@ -285,12 +285,15 @@ def test_one_heartbeat_follows_the_loop_that_receives(valkey_server: ValkeyServe
     admin.flushall()
 
 
-def register_dead(server: ValkeyServer, process: str, silent: float) -> None:
+def register_dead(
+    server: ValkeyServer, process: str, silent: float, expiry: float = EXPIRY
+) -> None:
     """Put ``process`` in the registry as if its last heartbeat was ``silent`` seconds ago,
-    by the server's clock (what a process killed that long ago leaves behind)."""
+    by the server's clock (what a process killed that long ago leaves behind): its score is
+    the time until which it counted as alive."""
     admin = server.client()
     seconds, micros = admin.time()
-    admin.zadd("asgi$alive", {process: seconds + micros / 1e6 - silent})
+    admin.zadd("asgi$alive", {process: seconds + micros / 1e6 - silent + expiry})
 
 
 async def test_a_layer_that_only_sends_learns_the_dead_and_never_registers(

@@ -112,8 +112,8 @@ async def test_a_heartbeat_costs_one_round_trip(
     shard = (await layer._resources()).shards[0]
     valkey_server.reset_stats()
     assert await liveness.beat(shard)
-    # EVALSHA(alive: TIME, ZSCORE, ZADD, ZREMRANGEBYSCORE, EXPIRE, INFO, then ZRANGEBYSCORE
-    # unless the server started less than process_expiry ago).
+    # EVALSHA(alive: INFO, TIME, ZSCORE, ZADD, ZREMRANGEBYSCORE, EXPIRE, then ZCOUNT of the
+    # dead, none here, unless the server started less than process_expiry ago).
     round_trips, commands = sender_costs(valkey_server)
     assert round_trips == 1
     assert commands <= 8
@@ -125,7 +125,7 @@ async def test_dead_members_cost_one_removal_per_group(valkey_server: ValkeyServ
     valkey_server.flushall()
     admin = valkey_server.client()
     seconds, _ = admin.time()
-    admin.zadd("asgi$alive", {"deadbeef": seconds - 1000})  # silent for 1000 s
+    admin.zadd("asgi$alive", {"deadbeef": seconds - 1000})  # its deadline passed 1000 s ago
     layer = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=1)
     try:
         live = [await layer.new_channel() for _ in range(5)]
