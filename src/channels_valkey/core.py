@@ -375,8 +375,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _forget_dead(self, resources: LoopResources, group: str, dead: list[str]) -> None:
         """Remove channels of dead processes from ``group`` and delete their queues (what
-        waits there will never be read), concurrently. Tidying only: the caller already leaves
-        them out, so a failure is logged, not raised, and the next call tries again."""
+        waits there will never be read), concurrently. The view is read again first (one
+        round trip), so that a process that has just come back is not removed on the word of
+        a view up to an interval old: removing is for good, leaving out of one send is not.
+        Tidying only: the caller already leaves them out, so a failure is logged, not raised,
+        and the next call tries again."""
+        liveness = self._liveness
+        if not dead or liveness is None:
+            return
+        await liveness.refresh(resources.shards[self._registry_shard])
+        dead = liveness.dead_among(dead)
         if not dead:
             return
         by_shard: dict[int, set[str]] = {}

@@ -31,8 +31,9 @@ MEMBER = Path(__file__).parent.parent / "peers" / "member.py"
 #: process_expiry in these tests: short, so a dead process is found quickly.
 EXPIRY = 2.0
 
-#: How long a condition may take before the test fails: generous, for a busy machine.
-BOUND = 60.0
+#: How long a condition may take before the test fails: generous, for a busy machine, and
+#: under the suite's per-test timeout so that the failure names the condition.
+BOUND = 40.0
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -326,7 +327,7 @@ async def test_no_process_is_judged_while_the_server_has_just_restarted(
     """A registry loaded from disk after a restart holds heartbeats as old as the downtime:
     for process_expiry seconds after a restart nobody is taken for dead, so the live
     processes have time to heartbeat again."""
-    expiry = 15.0  # well above the few commands between the restart and the first check
+    expiry = 10.0  # well above the few commands between the restart and the first check
     register_dead(persistent_server, "deadbeef", silent=1000)
     persistent_server.client().zadd("asgi:group:room", {"specific.deadbeef!a": time.time()})
     persistent_server.restart()
@@ -392,3 +393,32 @@ async def test_a_user_not_allowed_info_writes_nothing_and_sends_as_before(
         await layer.close()
     finally:
         admin.execute_command("ACL", "DELUSER", user)
+
+
+async def test_each_process_is_judged_by_its_own_process_expiry(
+    valkey_server: ValkeyServer, layers: list[Any]
+) -> None:
+    """A process is dead once the time it declared (its heartbeat plus its own
+    process_expiry) has passed, whatever the judge's process_expiry; one that comes back
+    is live again for the processes that had judged it."""
+    valkey_server.flushall()
+    register_dead(valkey_server, "patient", silent=10, expiry=60)  # alive for 50 s more
+    register_dead(valkey_server, "gone", silent=10, expiry=2)  # dead for 8 s
+    judge = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=EXPIRY)
+    layers.append(judge)
+    await judge.group_add("room", "specific.patient!a")
+    await judge.group_add("room", "specific.gone!b")
+
+    async def gone_left_out() -> bool:
+        return await judge.group_size("room") == 1
+
+    await eventually(gone_left_out, "the dead process left out")
+    assert valkey_server.client().zrange("asgi:group:room", 0, -1) == [b"specific.patient!a"]
+
+    register_dead(valkey_server, "gone", silent=0, expiry=60)  # it heartbeats again
+    await judge.group_add("room", "specific.gone!c")
+
+    async def back() -> bool:
+        return await judge.group_size("room") == 2
+
+    await eventually(back, "the process that came back counted again")
