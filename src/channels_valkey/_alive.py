@@ -18,9 +18,9 @@ only when they changed since the caller last heard (a count and the latest deadl
 them tell), so a heartbeat stays small however many processes have died. A layer
 that does not heartbeat (it only sends) reads the view with that script, at most once per
 interval, sent alongside a group read and never awaited by it, so a group send keeps its round
-trips; only when it finds dead members does it pay more: one ``ZREM`` on the group's server and
-one ``UNLINK`` of the dead queues per server holding them, sent concurrently with the group
-send's writes.
+trips. Only when it finds dead members does it pay more: a read of the registry alongside its
+writes, to confirm them (a process that has just come back keeps its memberships), then one
+``ZREM`` on the group's server and one ``UNLINK`` of the dead queues per server holding them.
 """
 
 from __future__ import annotations

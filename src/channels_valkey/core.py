@@ -12,7 +12,8 @@ whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1.
 Liveness (``process_expiry``, see ``_alive``): a layer receiving on its process-local channels
 heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
 that stopped heartbeating leave groups at the next ``group_send`` or ``group_size`` of each
-group, which then also sends one ``ZREM`` and one ``UNLINK`` per server holding dead queues.
+group, which then also reads the registry again to confirm them, and sends one ``ZREM`` and
+one ``UNLINK`` per server holding dead queues.
 """
 
 from __future__ import annotations
