@@ -34,7 +34,7 @@ from .core import ValkeyChannelLayer
 from .pubsub import ValkeyPubSubChannelLayer
 
 #: What the core layer sends (scripts run ZCARD, ZADD, EXPIRE, ZREMRANGEBYSCORE, and for
-#: liveness ZSCORE, TIME and INFO inside).
+#: liveness ZSCORE, ZCOUNT, ZREVRANGEBYSCORE, TIME and INFO inside).
 CORE_NEEDS = (
     Need("EVALSHA", (SEND.sha, "1", "<queue>", "0", "60", "100", "message")),
     Need("SCRIPT LOAD", ("return 1",)),
@@ -48,6 +48,7 @@ CORE_NEEDS = (
     Need("EXPIRE", ("<queue>", "60")),
     # The liveness script (process_expiry) also runs these.
     Need("ZSCORE", ("<queue>", "member")),
+    Need("ZREVRANGEBYSCORE", ("<queue>", "+inf", "-inf", "LIMIT", "0", "1")),
     Need("TIME"),
     Need("INFO", ("server",)),
     Need("SCAN", ("0", "MATCH", "<pattern>", "COUNT", "1000")),

@@ -100,6 +100,7 @@ def test_core_needs() -> None:
         "ZREMRANGEBYSCORE",
         "EXPIRE",
         "ZSCORE",
+        "ZREVRANGEBYSCORE",
         "TIME",
         "INFO",
         "SCAN",
