@@ -82,16 +82,18 @@ class Liveness:
         self._known = reply.known
         self._learned_at = time.monotonic()
 
-    async def refresh(self, server: QueueServer) -> None:
-        """Read the view without heartbeating. Liveness only ever removes members, so when
-        the registry cannot be read the old view is kept, for one more interval."""
+    async def refresh(self, server: QueueServer) -> bool:
+        """Read the view without heartbeating; ``False`` if the registry could not be read.
+        Then the old view is kept, for one more interval: liveness only ever removes
+        members, and what a process cannot read it does not act on."""
         try:
             reply = await server.alive(self.registry, "", self.expiry, self.keep, self._known)
         except Exception as error:
             self._failure_log.warning("Could not read the live processes: %s", error)
             self._learned_at = time.monotonic()
-            return
+            return False
         self.learn(reply)
+        return True
 
     async def heartbeat(self, server: QueueServer) -> None:
         """Heartbeat until cancelled (by the per-loop resources that own this task)."""

@@ -28,7 +28,7 @@ class LoopResources(LoopOwned):
         self.readers: dict[tuple[int, str], QueueReader] = {}
         self.loop = asyncio.get_running_loop()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._refresh: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[object] | None = None
         super().__init__(on_closed)
 
     def __repr__(self) -> str:
@@ -69,7 +69,7 @@ class LoopResources(LoopOwned):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 self.loop.call_soon_threadsafe(task.cancel)
 
-    def refresh(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def refresh(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
         """Start a read of the live processes unless one is under way on this loop; it runs
         as a task of this loop, so it ends with the loop like the others."""
         if self._refresh is None or self._refresh.done():

@@ -384,7 +384,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         liveness = self._liveness
         if not dead or liveness is None:
             return
-        await liveness.refresh(resources.shards[self._registry_shard])
+        if not await liveness.refresh(resources.shards[self._registry_shard]):
+            return  # not confirmed: they are left out of this call only
         dead = liveness.dead_among(dead)
         if not dead:
             return
