@@ -33,17 +33,24 @@ from ._scripts import SEND
 from .core import ValkeyChannelLayer
 from .pubsub import ValkeyPubSubChannelLayer
 
-#: What the core layer sends (scripts run ZCARD, ZADD, EXPIRE and ZREMRANGEBYSCORE inside).
+#: What the core layer sends (scripts run ZCARD, ZADD, EXPIRE, ZREMRANGEBYSCORE, and for
+#: liveness ZSCORE, ZCOUNT, ZREVRANGEBYSCORE, TIME and INFO inside).
 CORE_NEEDS = (
     Need("EVALSHA", (SEND.sha, "1", "<queue>", "0", "60", "100", "message")),
     Need("SCRIPT LOAD", ("return 1",)),
     Need("BZMPOP", ("5", "2", "<queue>", "<wake>", "MIN", "COUNT", "100")),
     Need("ZRANGEBYSCORE", ("<group>", "(0", "+inf")),
+    Need("ZCOUNT", ("<group>", "(0", "+inf")),
     Need("ZREM", ("<group>", "member")),
     Need("ZADD", ("<queue>", "0", "member")),
     Need("ZCARD", ("<queue>",)),
     Need("ZREMRANGEBYSCORE", ("<queue>", "-inf", "0")),
     Need("EXPIRE", ("<queue>", "60")),
+    # The liveness script (process_expiry) also runs these.
+    Need("ZSCORE", ("<queue>", "member")),
+    Need("ZREVRANGEBYSCORE", ("<queue>", "+inf", "-inf", "LIMIT", "0", "1")),
+    Need("TIME"),
+    Need("INFO", ("server",)),
     Need("SCAN", ("0", "MATCH", "<pattern>", "COUNT", "1000")),
     Need("UNLINK", ("<queue>",)),
     Need("WAIT", ("1", "1000"), option="wait_for_replicas"),
@@ -55,6 +62,7 @@ PUBSUB_NEEDS = (
     Need("PUBLISH", ("<channel>", "message")),
     Need("SUBSCRIBE", ("<channel>",)),
     Need("UNSUBSCRIBE", ("<channel>",)),
+    Need("PUBSUB NUMSUB", ("<channel>",)),
     Need("PING"),
 )
 
@@ -63,6 +71,7 @@ PUBSUB_CLUSTER_NEEDS = (
     Need("SPUBLISH", ("<channel>", "message")),
     Need("SSUBSCRIBE", ("<channel>",)),
     Need("SUNSUBSCRIBE", ("<channel>",)),
+    Need("PUBSUB SHARDNUMSUB", ("<channel>",)),
 )
 
 LAYERS = {"core": ValkeyChannelLayer, "pubsub": ValkeyPubSubChannelLayer}

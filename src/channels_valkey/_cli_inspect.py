@@ -13,7 +13,9 @@ What a key is follows from its name (see ``_keys``):
   queue a process shares for all its local channels;
 - ``prefix + name + "$inflight"`` is a message channels_redis popped and had not yet handed
   on (its in-flight backup), so workers of channels_redis share the server;
-- keys with ``$wake:`` are this package's own short-lived wake-up keys: counted, not listed.
+- keys with ``$wake:`` are this package's own short-lived wake-up keys: counted, not listed;
+- ``prefix + "$alive"`` is the registry of processes that heartbeat (``_alive``), one member
+  per process, scored by its last heartbeat: listed as ``registry``.
 
 On a cluster the name is in a hash tag (``asgi{chat}``); the braces are not part of the name.
 """
@@ -31,7 +33,7 @@ from ._cli_table import plural, table
 from ._client import Shard
 from ._cluster import build_cluster
 from ._hosts import ClusterHost, Host
-from ._keys import UNDECODABLE_SUFFIX, KeySpace
+from ._keys import ALIVE_SUFFIX, UNDECODABLE_SUFFIX, KeySpace
 
 SCAN_COUNT = 1000
 
@@ -47,13 +49,14 @@ _UNITS = {
     "inflight": "message",
     "undecodable": "message",
     "group": "member",
+    "registry": "process",
 }
 
 
 @dataclass(frozen=True)
 class KeyStat:
-    """One key: its kind (``channel``, ``process``, ``inflight``, ``undecodable`` or
-    ``group``), the channel or
+    """One key: its kind (``channel``, ``process``, ``inflight``, ``undecodable``,
+    ``group`` or ``registry``), the channel or
     group name, its size (messages, or members) and the age in seconds of its oldest entry
     (the oldest message's send time, or the oldest membership's join time)."""
 
@@ -85,6 +88,8 @@ def classify(key: str, prefix: str, *, hash_tags: bool) -> tuple[str, str] | Non
     rest = key[len(prefix) :]
     if _WAKE_MARK in rest:
         return "internal", key
+    if rest == ALIVE_SUFFIX:
+        return "registry", "live processes"
     if rest.startswith(_GROUP_MARK):
         return "group", _untag(rest[len(_GROUP_MARK) :], hash_tags)
     if rest.endswith(INFLIGHT_SUFFIX):
@@ -203,7 +208,7 @@ def render(inventory: Inventory, prefix: str) -> str:
         lines.append("")
     where = plural(len(inventory.servers), "server")
     lines.append(f"{plural(len(stats), 'key')} under prefix {prefix!r} on {where}")
-    for kind in ("channel", "process", "inflight", "undecodable", "group"):
+    for kind in ("channel", "process", "inflight", "undecodable", "group", "registry"):
         of_kind = [s for s in stats if s.kind == kind]
         if of_kind:
             total = sum(s.size for s in of_kind)

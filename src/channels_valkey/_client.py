@@ -175,6 +175,28 @@ class ReplicaWait:
             raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
 
 
+@dataclass(frozen=True)
+class AliveReply:
+    """What ``lua/alive.lua`` tells (see there)."""
+
+    #: Seconds since the caller's previous heartbeat; ``None`` if it had none (or only read).
+    silent: float | None
+    #: How many registered processes are dead, and the latest deadline among them: what the
+    #: caller passes back next time, so the ids travel only when they changed.
+    known: tuple[int, str]
+    #: The dead processes' ids; ``None`` when they are those the caller knew.
+    dead: list[str] | None
+
+
+def parse_alive(reply: object) -> AliveReply:
+    silent, count, newest, changed, dead = cast("tuple[bytes, int, bytes, int, list[bytes]]", reply)
+    return AliveReply(
+        float(silent) if silent else None,
+        (int(count), newest.decode("ascii")),
+        [process.decode("utf8") for process in dead] if changed else None,
+    )
+
+
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -200,6 +222,16 @@ class QueueServer(Protocol):
     async def group_discard(self, group_key: str, channel: str) -> None: ...
 
     async def group_members(self, group_key: str, joined_after: float) -> list[str]: ...
+
+    async def group_count(self, group_key: str, joined_after: float) -> int: ...
+
+    async def group_remove(self, group_key: str, channels: Sequence[str]) -> None: ...
+
+    async def unlink(self, keys: Sequence[str]) -> None: ...
+
+    async def alive(
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply: ...
 
     async def requeue(
         self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]
@@ -307,6 +339,29 @@ class Shard:
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.host.describe(), error) from error
         return [member.decode("utf8") for member in members]
+
+    async def group_count(self, group_key: str, joined_after: float) -> int:
+        """How many members joined after ``joined_after``."""
+        return int(await self._command("ZCOUNT", group_key, f"({joined_after!r}", "+inf"))
+
+    async def group_remove(self, group_key: str, channels: Sequence[str]) -> None:
+        await self._command("ZREM", group_key, *channels)
+
+    async def unlink(self, keys: Sequence[str]) -> None:
+        await self._command("UNLINK", *keys)
+
+    async def alive(
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply:
+        """Heartbeat for ``process`` (unless empty) and read the dead (``lua/alive.lua``)."""
+        args: list[_scripts.Arg] = [process, repr(expiry), keep, known[0], known[1]]
+        return parse_alive(await self._run(_scripts.ALIVE, [registry], args))
+
+    async def _command(self, *args: _scripts.Arg) -> Any:
+        try:
+            return await self.lane.execute_command(*args)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.host.describe(), error) from error
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
         args: list[_scripts.Arg] = [expiry]

@@ -26,7 +26,7 @@ from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, ReplicaWait, connection_kwargs
+from ._client import REDIRECT_ERRORS, AliveReply, ReplicaWait, connection_kwargs, parse_alive
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from ._per_loop import release_dead
@@ -225,6 +225,25 @@ class ClusterShard:
             lambda: self.client.zrangebyscore(group_key, f"({joined_after!r}", "+inf")
         )
         return [member.decode("utf8") for member in members]
+
+    async def group_count(self, group_key: str, joined_after: float) -> int:
+        count: int = await self._retrying(
+            lambda: self.client.zcount(group_key, f"({joined_after!r}", "+inf")
+        )
+        return int(count)
+
+    async def group_remove(self, group_key: str, channels: Sequence[str]) -> None:
+        await self._retrying(lambda: self.client.zrem(group_key, *channels))
+
+    async def unlink(self, keys: Sequence[str]) -> None:
+        """valkey-py splits the keys by slot and sends one ``UNLINK`` per slot."""
+        await self._retrying(lambda: self.client.unlink(*keys))
+
+    async def alive(
+        self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
+    ) -> AliveReply:
+        args = [process, repr(expiry), keep, known[0], known[1]]
+        return parse_alive(await self._script(_scripts.ALIVE, [registry], args))
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
         args: list[Any] = [expiry]

@@ -17,6 +17,15 @@ from .exceptions import ConfigurationError
 
 CapacityRule = tuple["re.Pattern[str]", int]
 
+#: ``process_expiry``'s default: long enough that a process stalled by a slow disk, a long
+#: garbage collection or a server failover is not taken for dead; short enough that a killed
+#: process stops costing group sends within about a minute.
+DEFAULT_PROCESS_EXPIRY = 60.0
+
+#: The shortest ``process_expiry``: heartbeats go out four times per expiry, and one more
+#: often than every quarter of a second would cost more than it could tell.
+MIN_PROCESS_EXPIRY = 1.0
+
 
 @dataclass(frozen=True)
 class LayerConfig:
@@ -31,6 +40,9 @@ class LayerConfig:
     wait_for_replicas: int = 0
     #: Seconds ``send`` waits for those confirmations.
     replica_timeout: float = 1.0
+    #: Seconds of silence after which a process that heartbeats is taken for dead (its
+    #: channels leave groups, see ``_alive``); ``None`` turns liveness off.
+    process_expiry: float | None = DEFAULT_PROCESS_EXPIRY
 
     def capacity_of(self, channel: str) -> int:
         """The first ``channel_capacity`` rule that matches wins, else ``capacity``."""
@@ -51,6 +63,7 @@ def build_config(
     random_prefix_length: object,
     wait_for_replicas: object = 0,
     replica_timeout: object = 1.0,
+    process_expiry: object = DEFAULT_PROCESS_EXPIRY,
 ) -> LayerConfig:
     return LayerConfig(
         hosts=parse_hosts(hosts),
@@ -62,6 +75,7 @@ def build_config(
         random_prefix_length=non_negative_int("random_prefix_length", random_prefix_length),
         wait_for_replicas=non_negative_int("wait_for_replicas", wait_for_replicas),
         replica_timeout=positive_seconds("replica_timeout", replica_timeout),
+        process_expiry=check_process_expiry(process_expiry),
     )
 
 
@@ -87,6 +101,23 @@ def positive_int(option: str, value: object) -> int:
 def positive_seconds(option: str, value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ConfigurationError(f"{option} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def check_process_expiry(value: object) -> float | None:
+    """``None`` turns liveness off; otherwise seconds, at least ``MIN_PROCESS_EXPIRY``."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not value >= MIN_PROCESS_EXPIRY
+        or value == float("inf")
+    ):
+        raise ConfigurationError(
+            f"process_expiry must be a number of seconds >= {MIN_PROCESS_EXPIRY:g}, or None "
+            f"to turn liveness off, got {value!r}"
+        )
     return float(value)
 
 

@@ -21,6 +21,9 @@ RESERVED_KEY = "__asgi_channel__"
 #: Ends the key of messages kept for inspection because their process could not decode them.
 UNDECODABLE_SUFFIX = "$undecodable"
 
+#: Ends the key of the registry of live processes (see ``KeySpace.alive``).
+ALIVE_SUFFIX = "$alive"
+
 
 def is_process_local(channel: str) -> bool:
     return "!" in channel
@@ -30,6 +33,15 @@ def non_local_name(channel: str) -> str:
     """The part of a process-local channel name up to and including ``!``."""
     bang = channel.find("!")
     return channel if bang == -1 else channel[: bang + 1]
+
+
+def process_of(channel: str) -> str | None:
+    """The ``client_prefix`` of the layer that made a process-local channel
+    (``<prefix>.<client_prefix>!<suffix>``), or ``None`` for a normal channel."""
+    bang = channel.find("!")
+    if bang == -1:
+        return None
+    return channel[:bang].rpartition(".")[2]
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,11 @@ class KeySpace:
     def wake(self, queue_key: str, reader: str) -> str:
         """A key a stopping reader blocks on beside its queue (see ``_reader``)."""
         return f"{queue_key}$wake:{reader}"
+
+    def alive(self) -> str:
+        """The registry of processes that take part in liveness (see ``_alive``): a sorted set
+        of ``client_prefix`` scored by each one's last heartbeat, in the server's clock."""
+        return f"{self.prefix}{ALIVE_SUFFIX}"
 
     def undecodable(self, queue_key: str) -> str:
         """Where messages of a process queue that its process could not decode are kept

@@ -1,17 +1,21 @@
-"""The core layer's connections and reader tasks on one event loop.
+"""The core layer's connections and tasks on one event loop.
 
 One :class:`LoopResources` per event loop (see ``_per_loop`` for why, and for how it is
-closed with its loop).
+closed with its loop). Besides the readers, it owns the layer's heartbeat when this is the loop
+the layer receives on (see ``_alive``), and a read of the live processes that concurrent group
+sends share.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from ._client import QueueServer
 from ._hosts import Host
-from ._per_loop import LoopOwned
+from ._per_loop import LoopOwned, quiet
 from ._reader import QueueReader
 from ._servers import open_server
 
@@ -22,6 +26,9 @@ class LoopResources(LoopOwned):
     def __init__(self, hosts: Sequence[Host], on_closed: Callable[[], None]) -> None:
         self.shards: list[QueueServer] = [open_server(host) for host in hosts]
         self.readers: dict[tuple[int, str], QueueReader] = {}
+        self.loop = asyncio.get_running_loop()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[object] | None = None
         super().__init__(on_closed)
 
     def __repr__(self) -> str:
@@ -44,13 +51,44 @@ class LoopResources(LoopOwned):
         if self.readers.get((shard_index, reader.queue)) is reader:
             del self.readers[(shard_index, reader.queue)]
 
+    @property
+    def heartbeating(self) -> bool:
+        """Whether this loop runs the layer's heartbeat (never once the loop is closed)."""
+        return (
+            self._heartbeat is not None and not self._heartbeat.done() and not self.loop.is_closed()
+        )
+
+    def start_heartbeat(self, heartbeat: Coroutine[Any, Any, None]) -> None:
+        self._heartbeat = self.loop.create_task(heartbeat, name="channels_valkey heartbeat")
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat from any thread: the layer now receives on another loop, which
+        heartbeats instead. A loop closed meanwhile runs nothing anyway."""
+        task = self._heartbeat
+        if task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self.loop.call_soon_threadsafe(task.cancel)
+
+    def refresh(self, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        """Start a read of the live processes unless one is under way on this loop; it runs
+        as a task of this loop, so it ends with the loop like the others."""
+        if self._refresh is None or self._refresh.done():
+            self._refresh = self.loop.create_task(make(), name="channels_valkey liveness read")
+
     def _abandon(self) -> None:
+        for task in (self._heartbeat, self._refresh):
+            if task is not None:
+                quiet(task)
         for reader in self.readers.values():
             reader.abandon()
         for shard in self.shards:
             shard.abandon()
 
     async def _release(self) -> None:
-        """Stop the readers (they hand on what they popped), then close the connections."""
+        """Stop the tasks (readers hand on what they popped), then close the connections."""
+        tasks = [task for task in (self._heartbeat, self._refresh) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(reader.stop() for reader in list(self.readers.values())))
         await asyncio.gather(*(shard.aclose() for shard in self.shards))

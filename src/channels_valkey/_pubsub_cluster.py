@@ -175,6 +175,21 @@ class ClusterPlacement:
         )
         return int(reply)
 
+    async def subscribed(self, name: str) -> int:
+        """``PUBSUB SHARDNUMSUB`` on the primary of ``name``'s slot: connections to that node
+        subscribed to it (those on its replicas are not counted)."""
+        return await retrying(
+            lambda: self._shardnumsub(name), REDIRECT_ERRORS, self.host.describe()
+        )
+
+    async def _shardnumsub(self, name: str) -> int:
+        await self.client.initialize()
+        node = self.client.get_node_from_key(name)
+        if node is None:
+            raise ConnectionError(f"no node serves {name} yet")  # retried
+        _, count = await node.execute_command("PUBSUB", "SHARDNUMSUB", name)
+        return int(count)
+
     # --- subscribing ---------------------------------------------------------------------
 
     async def subscribe(self, name: str) -> None:

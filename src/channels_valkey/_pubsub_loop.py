@@ -118,6 +118,15 @@ class LoopLayer(LoopOwned):
                 self.group_discard(group_channel, channel)
             raise
 
+    async def group_size(self, group_channel: str) -> int:
+        """This loop's channels in the group, plus one per other connection subscribed to it
+        (each is a process or loop with at least one channel in it): exact for this loop, a
+        lower bound for the others."""
+        local = self.state.members_of(group_channel)
+        subscribed = await self.placement.subscribed(group_channel)
+        # This loop's own subscription is counted by the server while it has members here.
+        return local + max(0, subscribed - (1 if local else 0))
+
     def group_discard(self, group_channel: str, channel: str) -> None:
         if self.state.leave(group_channel, channel):
             self.placement.unsubscribe(group_channel)

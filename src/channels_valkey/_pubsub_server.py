@@ -43,6 +43,11 @@ class Placement(Protocol):
         """Publish; returns how many subscribed connections the server handed it to."""
         ...
 
+    async def subscribed(self, name: str) -> int:
+        """How many connections, in any process, the server that carries ``name`` has
+        subscribed to it."""
+        ...
+
     async def subscribe(self, name: str) -> None:
         """Return once the server that carries ``name`` has confirmed the subscription."""
         ...
@@ -77,6 +82,14 @@ class PubSubServer:
             return int(await self.lane.execute_command("PUBLISH", name, payload))
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.describe(), error) from error
+
+    async def subscribed(self, name: str) -> int:
+        """``PUBSUB NUMSUB``: how many connections (in any process) subscribe to ``name``."""
+        try:
+            _, count = await self.lane.execute_command("PUBSUB", "NUMSUB", name)
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.describe(), error) from error
+        return int(count)
 
     def subscriber_connection(self) -> AbstractConnection:
         """A new, unconnected connection outside the pool, for one subscriber to own."""
@@ -113,6 +126,9 @@ class ServerPlacement:
 
     async def publish(self, name: str, payload: bytes) -> int:
         return await self.servers[self._index(name)].publish(name, payload)
+
+    async def subscribed(self, name: str) -> int:
+        return await self.servers[self._index(name)].subscribed(name)
 
     async def subscribe(self, name: str) -> None:
         await self._subscribers[self._index(name)].subscribe(name)

@@ -372,6 +372,10 @@ class LocalState:
     def group_count(self) -> int:
         return len(self._groups)
 
+    def members_of(self, group: str) -> int:
+        """How many local channels are in ``group`` (its pub/sub name)."""
+        return len(self._groups.get(group, ()))
+
     @property
     def held_bytes(self) -> int:
         """Bytes the inboxes hold beyond their capacity, together."""

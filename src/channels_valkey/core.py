@@ -7,7 +7,13 @@ slow or restarting, up to ``expiry`` seconds. The key layout and payload format 
 Costs per operation (client round trips): ``send`` 1; ``receive`` at most 1, fewer when a
 burst arrives (one ``BZMPOP`` pops up to ``capacity`` messages for this process's channels);
 ``group_send`` 1 to read the group plus 1 per shard holding members, sent concurrently,
-whatever the group's size; ``group_add``/``group_discard`` 1.
+whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1.
+
+Liveness (``process_expiry``, see ``_alive``): a layer receiving on its process-local channels
+heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
+that stopped heartbeating leave groups at the next ``group_send`` or ``group_size`` of each
+group, which then also reads the registry again to confirm them, and sends one ``ZREM`` and
+one ``UNLINK`` per server holding dead queues.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -25,8 +32,9 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from ._alive import Liveness
 from ._client import QueueServer, ReplicaWait
-from ._config import LayerConfig, build_config
+from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._log import RateLimitedLog
@@ -70,6 +78,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         serializer_format: str = "msgpack",
         wait_for_replicas: int = 0,
         replica_timeout: float = 1.0,
+        process_expiry: float | None = DEFAULT_PROCESS_EXPIRY,
     ) -> None:
         self.config: LayerConfig = build_config(
             hosts=hosts,
@@ -81,6 +90,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             random_prefix_length=random_prefix_length,
             wait_for_replicas=wait_for_replicas,
             replica_timeout=replica_timeout,
+            process_expiry=process_expiry,
         )
         for host in self.config.hosts:
             check_server(host)
@@ -113,11 +123,25 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             partial(LoopResources, self.config.hosts), on_dead_loop=self._forget_loop
         )
         self._undecodable_log = RateLimitedLog(logger)
+        self._removal_log = RateLimitedLog(logger)
         #: (shard index, wake key) of pops that loops closed without cleanup left behind.
         self._dead_pops: list[tuple[int, str]] = []
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
         self._receiving = 0
+        self._liveness = (
+            None
+            if self.config.process_expiry is None
+            else Liveness(
+                self.client_prefix,
+                self._keys.alive(),
+                self.config.process_expiry,
+                self.config.group_expiry,
+            )
+        )
+        #: The per-loop resources running the heartbeat: those of the loop that last received
+        #: on a process-local channel (a weak reference: the loop's end must free them).
+        self._heartbeat_owner: weakref.ref[LoopResources] | None = None
 
     # Read-only views of the options, under the names channels_redis exposes.
     @property
@@ -144,6 +168,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def channel_capacity(self) -> list[tuple[re.Pattern[str], int]]:
         """The compiled ``channel_capacity`` rules, first match first."""
         return list(self.config.channel_capacity)
+
+    @property
+    def process_expiry(self) -> float | None:
+        return self.config.process_expiry
 
     @property
     def ring_size(self) -> int:
@@ -196,6 +224,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         resources = await self._resources()
         loop = asyncio.get_running_loop()
         self._enter_receive(loop)
+        if is_process_local(channel):
+            self._keep_alive(resources)
         try:
             message = self._mailbox.take(channel)
             if message is not None:
@@ -241,11 +271,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Send ``message`` to every member; members at capacity are skipped and counted."""
         self.require_valid_group_name(group)
         check_message(message)
-        shards = (await self._resources()).shards
+        resources = await self._resources()
+        shards = resources.shards
         now = time.time()
-        members = await (await self._group_shard(group)).group_members(
-            self._keys.group(group), now - self.group_expiry
-        )
+        members, dead = await self._live_members(resources, group, now)
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
         # Serialized even for an empty group, so a bad message fails the same way every time.
         shared = self._serializer.serialize(message)  # one payload for every normal channel
@@ -257,14 +286,34 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             )
             for index, writes in plan.items()
         ]
+        results, _ = await asyncio.gather(
+            asyncio.gather(*sends), self._forget_dead(resources, group, dead)
+        )
         full = 0
-        for writes, skipped in zip(plan.values(), await asyncio.gather(*sends), strict=True):
+        for writes, skipped in zip(plan.values(), results, strict=True):
             full += sum(len(writes[i].local_channels) or 1 for i in skipped)
         self._stats.group_sends += 1
         self._stats.group_deliveries += len(members) - full
         self._stats.group_members_full += full
         if full:
             logger.info("%d of %d channels in group %s were full", full, len(members), group)
+
+    async def group_size(self, group: str) -> int:
+        """How many channels are in ``group`` now: members whose membership has not expired
+        (``group_expiry``), less those of processes taken for dead (see ``process_expiry``).
+        Channels of processes that do not heartbeat (channels_redis, older releases) count
+        until they leave or expire. One round trip; more when dead members are removed."""
+        self.require_valid_group_name(group)
+        resources = await self._resources()
+        now = time.time()
+        self._watch(resources)
+        if self._liveness is None or not self._liveness.has_dead:
+            # Nobody is known dead: the server counts, without sending the names.
+            shard = resources.shards[shard_index(group, self.ring_size)]
+            return await shard.group_count(self._keys.group(group), now - self.group_expiry)
+        members, dead = await self._live_members(resources, group, now)
+        await self._forget_dead(resources, group, dead)
+        return len(members)
 
     # --- flush extension and closing -------------------------------------------------------
 
@@ -311,6 +360,83 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if is_process_local(channel):
             return shard_index(non_local_name(channel), self.ring_size)
         return next(self._normal_shards)
+
+    async def _live_members(
+        self, resources: LoopResources, group: str, now: float
+    ) -> tuple[list[str], list[str]]:
+        """The group's unexpired members, split into (live, dead), in one round trip."""
+        self._watch(resources)
+        shard = resources.shards[shard_index(group, self.ring_size)]
+        members = await shard.group_members(self._keys.group(group), now - self.group_expiry)
+        dead = [] if self._liveness is None else self._liveness.dead_among(members)
+        if not dead:
+            return members, []
+        gone = set(dead)
+        return [member for member in members if member not in gone], dead
+
+    async def _forget_dead(self, resources: LoopResources, group: str, dead: list[str]) -> None:
+        """Remove channels of dead processes from ``group`` and delete their queues (what
+        waits there will never be read), concurrently. The view is read again first (one
+        round trip), so that a process that has just come back is not removed on the word of
+        a view up to an interval old: removing is for good, leaving out of one send is not.
+        Tidying only: the caller already leaves them out, so a failure is logged, not raised,
+        and the next call tries again."""
+        liveness = self._liveness
+        if not dead or liveness is None:
+            return
+        if not await liveness.refresh(resources.shards[self._registry_shard]):
+            return  # not confirmed: they are left out of this call only
+        dead = liveness.dead_among(dead)
+        if not dead:
+            return
+        by_shard: dict[int, set[str]] = {}
+        for name in {non_local_name(channel) for channel in dead}:
+            by_shard.setdefault(shard_index(name, self.ring_size), set()).add(
+                self._keys.queue(name)
+            )
+        shards = resources.shards
+        results = await asyncio.gather(
+            shards[shard_index(group, self.ring_size)].group_remove(self._keys.group(group), dead),
+            *(shards[index].unlink(sorted(queues)) for index, queues in by_shard.items()),
+            return_exceptions=True,
+        )
+        errors = [result for result in results if isinstance(result, BaseException)]
+        for error in errors:
+            if not isinstance(error, Exception):
+                raise error  # a cancellation
+        if errors:
+            self._removal_log.warning(
+                "Could not remove channels of dead processes from group %s: %s", group, errors[0]
+            )
+            return
+        logger.info("Removed %d channel(s) of dead processes from group %s", len(dead), group)
+
+    def _watch(self, resources: LoopResources) -> None:
+        """Start reading the view of the dead when it is out of date, which happens only in a
+        layer that does not heartbeat, at most once per interval. The read is sent alongside
+        the caller's and never awaited: the view it brings serves the calls that follow, so
+        a registry that is slow or unreachable never delays a group send."""
+        liveness = self._liveness
+        if liveness is not None and not liveness.fresh:
+            resources.refresh(partial(liveness.refresh, resources.shards[self._registry_shard]))
+
+    @property
+    def _registry_shard(self) -> int:
+        return shard_index(self._keys.alive(), self.ring_size)
+
+    def _keep_alive(self, resources: LoopResources) -> None:
+        """Make sure the loop that receives runs the heartbeat (the previous loop's stops):
+        one heartbeat per layer, which ends with the loop that receives."""
+        liveness = self._liveness
+        if liveness is None:
+            return
+        owner = self._heartbeat_owner() if self._heartbeat_owner is not None else None
+        if owner is resources and resources.heartbeating:
+            return
+        if owner is not None:
+            owner.stop_heartbeat()
+        resources.start_heartbeat(liveness.heartbeat(resources.shards[self._registry_shard]))
+        self._heartbeat_owner = weakref.ref(resources)
 
     def _check_owned(self, channel: str) -> None:
         if not non_local_name(channel).endswith(f".{self.client_prefix}!"):

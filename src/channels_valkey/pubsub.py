@@ -17,7 +17,8 @@ it share one queue, so each message goes to exactly one of them.
 
 Costs (client round trips): ``send``/``group_send`` 1 ``PUBLISH``; ``new_channel`` and the
 first ``group_add`` of a group in a process 1 ``SUBSCRIBE`` (batched with others made at the
-same time); ``receive`` none; freeing a channel 1 ``UNSUBSCRIBE``, not awaited.
+same time); ``receive`` none; freeing a channel 1 ``UNSUBSCRIBE``, not awaited;
+``group_size`` 1 ``PUBSUB NUMSUB`` (``SHARDNUMSUB`` on a cluster).
 
 On a Valkey Cluster (a ``{"cluster": True, ...}`` entry in ``hosts``) the layer uses sharded
 pub/sub with the same names: ``SPUBLISH`` to the primary serving the name's slot,
@@ -240,6 +241,17 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         receivers = await self._loops.current().publish(self.config.group_channel(group), payload)
         self._stats.group_sends += 1
         self._stats.group_deliveries += receivers
+
+    async def group_size(self, group: str) -> int:
+        """How many channels are in ``group``, as far as pub/sub can tell: this process's
+        channels in it (on this event loop), counted exactly, plus one for every other
+        connection subscribed to the group's pub/sub name (a process, or another event loop
+        of this one, with at least one channel in it; a process running channels_redis
+        counts the same way). A lower bound: another process with several channels in the
+        group counts once. One round trip (``PUBSUB NUMSUB``; ``PUBSUB SHARDNUMSUB`` on a
+        cluster)."""
+        self.require_valid_group_name(group)
+        return await self._loops.current().group_size(self.config.group_channel(group))
 
     # --- flush extension and closing -------------------------------------------------------
 

@@ -7,6 +7,7 @@ script runs are counted by Valkey too, so both numbers come from the same place.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +16,7 @@ from channels_valkey.core import ValkeyChannelLayer
 from servers import ValkeyServer
 
 #: Commands sent by a client itself; everything else in commandstats ran inside a script.
-TOP_LEVEL = {"evalsha", "bzmpop", "zrangebyscore", "zrem", "scan", "unlink"}
+TOP_LEVEL = {"evalsha", "bzmpop", "zrangebyscore", "zcount", "zrem", "scan", "unlink"}
 
 
 @pytest.fixture
@@ -90,3 +91,81 @@ async def test_group_send_costs_two_round_trips_whatever_the_size(
     # Per queue written: ZCARD, ZADD, EXPIRE. 100 local channels of one process share one.
     queues = 1 if members == "local" else 100
     assert commands == 2 + 3 * queues
+
+
+async def test_group_size_costs_one_round_trip(
+    layer: ValkeyChannelLayer, valkey_server: ValkeyServer
+) -> None:
+    for n in range(100):
+        await layer.group_add("big", f"member.{n}")
+    valkey_server.reset_stats()
+    assert await layer.group_size("big") == 100
+    assert sender_costs(valkey_server) == (1, 1)  # ZCOUNT: the names are not sent
+
+
+async def test_a_heartbeat_costs_one_round_trip(
+    layer: ValkeyChannelLayer, valkey_server: ValkeyServer
+) -> None:
+    """What a process pays every process_expiry / 4 seconds while it receives."""
+    liveness = layer._liveness
+    assert liveness is not None
+    shard = (await layer._resources()).shards[0]
+    valkey_server.reset_stats()
+    assert await liveness.beat(shard)
+    # EVALSHA(alive: INFO, TIME, ZSCORE, ZADD, ZREMRANGEBYSCORE, EXPIRE, then ZCOUNT of the
+    # dead, none here, unless the server started less than process_expiry ago).
+    # The script's ZCOUNT is not a round trip here, so commandstats are read directly.
+    stats = valkey_server.commandstats()
+    del stats["config|resetstat"]
+    stats.pop("bzmpop", None)  # a reader of the warm-up, receiving, not heartbeating
+    assert stats.pop("evalsha") == 1
+    assert set(stats) <= {"info", "time", "zscore", "zadd", "zremrangebyscore", "expire", "zcount"}
+    assert all(calls == 1 for calls in stats.values())
+
+
+async def test_dead_members_cost_one_removal_per_group(valkey_server: ValkeyServer) -> None:
+    """A group send that finds channels of a dead process reads the registry again alongside
+    its writes, then removes them (ZREM) and deletes their queue (UNLINK); the next group
+    send is back to two."""
+    valkey_server.flushall()
+    admin = valkey_server.client()
+    seconds, _ = admin.time()
+    admin.zadd("asgi$alive", {"deadbeef": seconds - 1000})  # its deadline passed 1000 s ago
+    admin.zadd("asgispecific.deadbeef!", {b"unread": seconds - 1})  # its queue
+    # A layer that only sends (no heartbeat of its own in the counts).
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url], process_expiry=5)
+    try:
+        live = [await layer.new_channel() for _ in range(5)]
+        dead = [f"specific.deadbeef!{n}" for n in range(10)]
+        for group in ("first", "second"):
+            for channel in live + dead:
+                await layer.group_add(group, channel)
+        deadline = time.monotonic() + 60
+        while await layer.group_size("first") != 5:  # once the layer knows who is dead
+            assert time.monotonic() < deadline, "the dead process was never found"
+            await asyncio.sleep(0.05)
+        assert admin.exists("asgispecific.deadbeef!") == 0
+        admin.zadd("asgispecific.deadbeef!", {b"unread": seconds - 1})  # written again
+        # Warm up: the send script loaded, connections open (one-time costs).
+        await layer.group_add("warm", live[0])
+        await asyncio.gather(*(layer.group_send("warm", {"type": "warm"}) for _ in range(3)))
+        liveness = layer._liveness
+        assert liveness is not None
+        await liveness.refresh((await layer._resources()).shards[0])  # up to date: no read
+        valkey_server.reset_stats()
+        await layer.group_send("second", {"type": "m"})
+        stats = valkey_server.commandstats()
+        # ZRANGEBYSCORE, then EVALSHA(send_many) and EVALSHA(alive) side by side, then ZREM
+        # and UNLINK side by side: three round trips in sequence.
+        # (The liveness script's ZCOUNT runs inside it, so it is not a round trip here.)
+        assert stats["zrangebyscore"] == 1
+        assert stats["evalsha"] == 2
+        assert stats["zrem"] == stats["unlink"] == 1
+        assert admin.zcard("asgi:group:second") == 5
+        assert admin.exists("asgispecific.deadbeef!") == 0
+        valkey_server.reset_stats()
+        await layer.group_send("second", {"type": "m"})
+        assert sender_costs(valkey_server)[0] == 2
+    finally:
+        await layer.flush()
+        await layer.close()

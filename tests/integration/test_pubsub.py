@@ -418,3 +418,29 @@ async def test_flush_forgets_local_channels_and_groups(
     await until_nothing_subscribed([valkey_server])
     with pytest.raises(RuntimeError, match=r"self\.channel_name"):
         await layer.group_add("room", channel)
+
+
+@every_topology
+async def test_group_size_counts_local_channels_and_other_subscribers(
+    hosts: list[Any], topology_servers: list[ValkeyServer], open_layer: OpenLayer
+) -> None:
+    """This process's channels count exactly; another process counts once per subscribed
+    connection, however many of its channels are in the group (a lower bound)."""
+    here, there = open_layer(hosts), open_layer(hosts)
+    assert await here.group_size("room") == 0
+    mine = [await here.new_channel() for _ in range(3)]
+    for channel in mine:
+        await here.group_add("room", channel)
+    assert await here.group_size("room") == 3
+    theirs = [await there.new_channel() for _ in range(2)]
+    for channel in theirs:
+        await there.group_add("room", channel)
+    assert await here.group_size("room") == 4  # 3 here, and one subscribed process
+    assert await there.group_size("room") == 3  # 2 there, and one subscribed process
+    await here.group_discard("room", mine[0])
+    assert await here.group_size("room") == 3
+    for channel in mine[1:]:
+        await here.group_discard("room", channel)
+    await until_subscribed(topology_servers, "asgi__group__room", 1)
+    assert await here.group_size("room") == 1
+    assert await there.group_size("room") == 2

@@ -134,3 +134,17 @@ async def test_both_packages_in_one_group(
         await sender.group_send("mixed", {"type": "m", "n": n})
         assert await receive(ours, our_member) == {"type": "m", "n": n}
         assert await receive(theirs, their_member) == {"type": "m", "n": n}
+
+
+async def test_group_size_counts_a_channels_redis_process(
+    open_layer: OpenLayer, servers: list[ValkeyServer]
+) -> None:
+    """A channels_redis process with members in the group counts as one subscriber."""
+    ours, theirs = open_layer("ours"), open_layer("theirs")
+    our_member = await ours.new_channel()
+    await ours.group_add("mixed", our_member)
+    for _ in range(2):
+        await theirs.group_add("mixed", await theirs.new_channel())
+    await until_subscribed(servers, "asgi__group__mixed", 2)
+    assert isinstance(ours, ValkeyPubSubChannelLayer)
+    assert await ours.group_size("mixed") == 2

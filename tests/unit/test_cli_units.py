@@ -66,6 +66,10 @@ def test_classify_matches_the_key_layout() -> None:
         assert classify(local, "pre", hash_tags=hash_tags) == ("process", "specific.x!")
         assert classify(keys.group("g"), "pre", hash_tags=hash_tags) == ("group", "g")
         assert classify(keys.wake(queue, "r"), "pre", hash_tags=hash_tags)[0] == "internal"
+        assert classify(keys.alive(), "pre", hash_tags=hash_tags) == (
+            "registry",
+            "live processes",
+        )
 
 
 @pytest.mark.parametrize(
@@ -89,11 +93,16 @@ def test_core_needs() -> None:
         "SCRIPT LOAD",
         "BZMPOP",
         "ZRANGEBYSCORE",
+        "ZCOUNT",
         "ZREM",
         "ZADD",
         "ZCARD",
         "ZREMRANGEBYSCORE",
         "EXPIRE",
+        "ZSCORE",
+        "ZREVRANGEBYSCORE",
+        "TIME",
+        "INFO",
         "SCAN",
         "UNLINK",
         "WAIT",
@@ -107,10 +116,16 @@ def test_pubsub_needs() -> None:
         "PUBLISH",
         "SUBSCRIBE",
         "UNSUBSCRIBE",
+        "PUBSUB NUMSUB",
         "PING",
     ]
     assert needs_of("pubsub", on_cluster=True) == PUBSUB_NEEDS + PUBSUB_CLUSTER_NEEDS
-    assert commands(PUBSUB_CLUSTER_NEEDS) == ["SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE"]
+    assert commands(PUBSUB_CLUSTER_NEEDS) == [
+        "SPUBLISH",
+        "SSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "PUBSUB SHARDNUMSUB",
+    ]
     assert needs_of("core", on_cluster=True) == CORE_NEEDS
 
 

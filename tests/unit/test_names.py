@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from channels_valkey._keys import process_of
 from channels_valkey.core import ValkeyChannelLayer
 
 T = TypeVar("T")
@@ -148,6 +149,12 @@ async def test_group_discard_rejects_bad_group_names(layer: ValkeyChannelLayer, 
 
 
 @pytest.mark.parametrize("group", BAD_GROUPS)
+async def test_group_size_rejects_bad_group_names(layer: ValkeyChannelLayer, group: Any) -> None:
+    with pytest.raises(TypeError, match=rf"Group {NAME_ERROR}"):
+        await bounded(layer.group_size(group))
+
+
+@pytest.mark.parametrize("group", BAD_GROUPS)
 async def test_group_send_rejects_bad_group_names(layer: ValkeyChannelLayer, group: Any) -> None:
     with pytest.raises(TypeError, match=rf"Group {NAME_ERROR}"):
         await bounded(layer.group_send(group, VALID_MESSAGE))
@@ -224,3 +231,17 @@ async def test_receive_rejects_own_prefix_under_another_layer(layer: ValkeyChann
     spoofed = f"specific.x{layer.client_prefix}!abc"
     with pytest.raises(ValueError, match=re.escape(repr(spoofed))):
         await bounded(layer.receive(spoofed))
+
+
+@pytest.mark.parametrize(
+    ("channel", "process"),
+    [
+        ("specific.abc123!def", "abc123"),
+        ("websocket.specific.abc123!def", "abc123"),  # a prefix with dots of its own
+        ("abc123!def", "abc123"),
+        ("chat.room", None),
+    ],
+)
+def test_the_process_of_a_channel(channel: str, process: str | None) -> None:
+    """The ``client_prefix`` a liveness check looks up in the registry."""
+    assert process_of(channel) == process
