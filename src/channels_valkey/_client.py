@@ -175,6 +175,31 @@ class ReplicaWait:
             raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
 
 
+#: One queue of a batch send: ``(queue, capacity, payloads)``, where ``payloads`` is the
+#: queue's own copy of the messages, or ``None`` for the copies every queue shares.
+BatchWrite = tuple[str, int, Sequence[bytes] | None]
+
+
+def batch_args(
+    writes: Sequence[BatchWrite],
+    scores: Sequence[float],
+    shared: Sequence[bytes],
+    now: float,
+    expiry: int,
+) -> list[_scripts.Arg]:
+    """The ``send_batch`` script's arguments for ``writes`` (its keys are their queues): the
+    shared payloads travel once, however many queues take them."""
+    args: list[_scripts.Arg] = [repr(now), expiry, len(scores)]
+    args += [repr(score) for score in scores]
+    args += shared
+    for _, capacity, own in writes:
+        if own is None:
+            args += [capacity, 0]
+        else:
+            args += [capacity, 1, *own]
+    return args
+
+
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -194,6 +219,18 @@ class QueueServer(Protocol):
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
     ) -> list[int]: ...
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+    ) -> list[int]:
+        """Queue the same messages, in order, on each of ``writes``' queues, all of them or
+        none per queue; returns the positions of the queues skipped for lack of room."""
+        ...
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None: ...
 
@@ -287,6 +324,18 @@ class Shard:
         for _, capacity, payload in deliveries:
             args += [capacity, payload]
         full = await self._run(_scripts.SEND_MANY, [queue for queue, _, _ in deliveries], args)
+        return [int(index) - 1 for index in cast("list[int]", full)]
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+    ) -> list[int]:
+        args = batch_args(writes, scores, shared, now, expiry)
+        full = await self._run(_scripts.SEND_BATCH, [queue for queue, _, _ in writes], args)
         return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:

@@ -26,7 +26,7 @@ from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, ReplicaWait, connection_kwargs
+from ._client import REDIRECT_ERRORS, BatchWrite, ReplicaWait, batch_args, connection_kwargs
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from ._per_loop import release_dead
@@ -185,6 +185,34 @@ class ClusterShard:
             positions[int(index) - 1]
             for positions, full in zip(by_slot.values(), results, strict=True)
             for index in full
+        ]
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+    ) -> list[int]:
+        """One script call per slot, as for ``send_many``; a single queue (``send_multiple``)
+        is one call to its node."""
+        by_slot: dict[int, list[int]] = defaultdict(list)  # slot -> positions in writes
+        for position, (queue, _, _) in enumerate(writes):
+            by_slot[self.client.keyslot(queue)].append(position)
+        calls = []
+        for positions in by_slot.values():
+            slot_writes = [writes[position] for position in positions]
+            args = batch_args(slot_writes, scores, shared, now, expiry)
+            calls.append(([queue for queue, _, _ in slot_writes], args))
+        if len(calls) == 1:
+            results = [await self._script(_scripts.SEND_BATCH, *calls[0])]
+        else:
+            results = await self._retrying(lambda: self._pipelined(_scripts.SEND_BATCH, calls))
+        return [
+            positions[int(index) - 1]
+            for positions, full in zip(by_slot.values(), results, strict=True)
+            for index in cast("list[int]", full)
         ]
 
     async def _pipelined(

@@ -31,6 +31,8 @@ class LayerConfig:
     wait_for_replicas: int = 0
     #: Seconds ``send`` waits for those confirmations.
     replica_timeout: float = 1.0
+    #: The most bytes a serialized message may have; ``None`` for no limit.
+    max_message_size: int | None = None
 
     def capacity_of(self, channel: str) -> int:
         """The first ``channel_capacity`` rule that matches wins, else ``capacity``."""
@@ -51,6 +53,7 @@ def build_config(
     random_prefix_length: object,
     wait_for_replicas: object = 0,
     replica_timeout: object = 1.0,
+    max_message_size: object = None,
 ) -> LayerConfig:
     return LayerConfig(
         hosts=parse_hosts(hosts),
@@ -62,6 +65,7 @@ def build_config(
         random_prefix_length=non_negative_int("random_prefix_length", random_prefix_length),
         wait_for_replicas=non_negative_int("wait_for_replicas", wait_for_replicas),
         replica_timeout=positive_seconds("replica_timeout", replica_timeout),
+        max_message_size=optional_size("max_message_size", max_message_size),
     )
 
 
@@ -81,6 +85,17 @@ def positive_int(option: str, value: object) -> int:
     """Seconds and counts: fractional values are refused, Valkey's EXPIRE takes whole seconds."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def optional_size(option: str, value: object) -> int | None:
+    """A number of bytes, or ``None`` for no limit (the default, as channels_redis has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(
+            f"{option} must be a number of bytes >= 1, or None for no limit; got {value!r}"
+        )
     return value
 
 
