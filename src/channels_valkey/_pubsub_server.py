@@ -43,6 +43,11 @@ class Placement(Protocol):
         """Publish; returns how many subscribed connections the server handed it to."""
         ...
 
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        """Publish each payload on ``name`` in order, in one pipeline; returns each one's
+        receiver count."""
+        ...
+
     async def subscribe(self, name: str) -> None:
         """Return once the server that carries ``name`` has confirmed the subscription."""
         ...
@@ -77,6 +82,19 @@ class PubSubServer:
             return int(await self.lane.execute_command("PUBLISH", name, payload))
         except TRANSIENT_ERRORS as error:
             raise ServerUnreachable(self.describe(), error) from error
+
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        """One ``PUBLISH`` per payload, written together on one connection."""
+        try:
+            replies = await self.lane.execute_many(
+                [("PUBLISH", name, payload) for payload in payloads]
+            )
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.describe(), error) from error
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [int(reply) for reply in replies]
 
     def subscriber_connection(self) -> AbstractConnection:
         """A new, unconnected connection outside the pool, for one subscriber to own."""
@@ -113,6 +131,9 @@ class ServerPlacement:
 
     async def publish(self, name: str, payload: bytes) -> int:
         return await self.servers[self._index(name)].publish(name, payload)
+
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        return await self.servers[self._index(name)].publish_many(name, payloads)
 
     async def subscribe(self, name: str) -> None:
         await self._subscribers[self._index(name)].subscribe(name)
