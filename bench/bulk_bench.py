@@ -318,6 +318,15 @@ def markdown(result: dict[str, Any]) -> str:
     for record in records:
         groups.setdefault(key_of(record), []).append(record)
 
+    def ratio(key: tuple[Any, ...], reference: tuple[Any, ...]) -> str:
+        """The median over the rounds of the two measurements' ratio within each round."""
+        ours = {r["round"]: r["sent"] / r["seconds"] for r in groups.get(key, []) if r.get("ok")}
+        theirs = {
+            r["round"]: r["sent"] / r["seconds"] for r in groups.get(reference, []) if r.get("ok")
+        }
+        ratios = [ours[n] / theirs[n] for n in ours if theirs.get(n)]
+        return f"{median(ratios):.2f}" if ratios else ""
+
     def rate(key: tuple[Any, ...], fan_out: int = 1) -> tuple[str, str, float | None]:
         runs = [r for r in groups.get(key, []) if r.get("ok")]
         if not runs:
@@ -332,7 +341,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Measured: {result['measured']}. {result['rounds']} rounds of {result['seconds']} s "
         "per measurement, the order of the measurements rotated every round; medians, with "
-        f"the lowest and highest round. Valkey {result['server']}. Machine: "
+        "the lowest and highest round; ratios (`x ...`) are taken within each round, then "
+        f"their median. Valkey {result['server']}. Machine: "
         f"{result['machine']['cores']} CPUs, load average {result['load']} at the start.",
         "",
         "One sender task in one process, nobody receiving (the queues are emptied between "
@@ -341,10 +351,13 @@ def markdown(result: dict[str, Any]) -> str:
         "messages. Round trips are counted in the client (one per command or pipeline written).",
         "",
     ]
+    workloads = result.get("workloads", ["group", "send", "size"])
     for workload, title, unit, fan_out in (
         ("send", "send to one normal channel", "messages/s", 1),
         ("group", f"group of {GROUP_MEMBERS} normal channels", "deliveries/s", GROUP_MEMBERS),
     ):
+        if workload not in workloads:
+            continue
         lines += [
             f"## {title}",
             "",
@@ -352,20 +365,19 @@ def markdown(result: dict[str, Any]) -> str:
             "| --- | ---: | --- | ---: | ---: | ---: |",
         ]
         for batch in BATCHES:
-            base = rate(("ours", workload, batch, "loop"), fan_out)[2]
-            pubsub_base = rate(("ours pubsub", workload, batch, "loop"))[2]
             for layer, modes in (
                 ("ours", ("loop", "gather", "bulk")),
                 ("channels_redis", ("loop", "gather")),
                 ("ours pubsub", ("loop", "bulk")),
                 ("channels_redis pubsub", ("loop",)),
             ):
-                reference = pubsub_base if "pubsub" in layer else base
+                base = "ours pubsub" if "pubsub" in layer else "ours"
+                reference = (base, workload, batch, "loop")
                 # A pub/sub group send is one publish whatever the members: counted as such.
                 spread = 1 if "pubsub" in layer else fan_out
                 for mode in modes:
-                    shown, trips, value = rate((layer, workload, batch, mode), spread)
-                    times = f"{value / reference:.2f}" if value and reference else ""
+                    shown, trips, _ = rate((layer, workload, batch, mode), spread)
+                    times = ratio((layer, workload, batch, mode), reference)
                     lines.append(f"| {layer} | {batch} | {mode} | {shown} | {trips} | {times} |")
         lines += [
             "",
@@ -376,7 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
             else "(pub/sub rows: `x ours loop` is against `ours pubsub` loop.)",
             "",
         ]
-    lines += [
+    size_lines = [
         "## Message size: send/receive on one normal channel",
         "",
         "A sender and a receiver task in one process, at most 50 messages in flight; "
@@ -388,11 +400,12 @@ def markdown(result: dict[str, Any]) -> str:
     for size in SIZES:
         for layer in ("ours", "channels_redis"):
             shown, _, value = rate((layer, "size", size))
-            base = rate((layer, "size", SIZES[0]))[2]
             megabytes = f"{value * size / 1e6:,.1f}" if value else ""
-            times = f"{value / base:.2f}" if value and base else ""
+            times = ratio((layer, "size", size), (layer, "size", SIZES[0]))
             label = f"{size // 1024} KiB" if size >= 1024 else f"{size} B"
-            lines.append(f"| {label} | {layer} | {shown} | {megabytes} | {times} |")
+            size_lines.append(f"| {label} | {layer} | {shown} | {megabytes} | {times} |")
+    if "size" in workloads:
+        lines += size_lines
     failed = [r for r in records if not r.get("ok")]
     if failed:
         lines += ["", "## Failed measurements", ""]
@@ -404,20 +417,32 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         return worker_main(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--venvs", required=True)
+    parser.add_argument("--render", help="print and rewrite the report of an earlier run's JSON")
+    parser.add_argument("--url")
+    parser.add_argument("--venvs")
     parser.add_argument("--measured", default="working tree")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--warmup", type=float, default=0.3)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument(
+        "--only", default="send,group,size", help="workloads to run: send, group, size"
+    )
     options = parser.parse_args()
+    if options.render:
+        report = markdown(json.loads(Path(options.render).read_text()))
+        Path(options.render).with_suffix(".md").write_text(report)
+        print(report)
+        return 0
+    if not options.url or not options.venvs:
+        parser.error("--url and --venvs are needed to measure")
     sys.path.insert(0, os.path.dirname(SCRIPT))
     from driver import machine, server_version
 
     started = datetime.now(timezone.utc)
     load = f"{os.getloadavg()[0]:.2f}"
-    runs = plan()
+    wanted = set(options.only.split(","))
+    runs = [run for run in plan() if run[1]["workload"] in wanted]
     records: list[dict[str, Any]] = []
     for round_index in range(options.rounds):
         shift = round_index * len(runs) // max(options.rounds, 1)
@@ -437,6 +462,7 @@ def main() -> int:
         "machine": machine(),
         "load": load,
         "records": records,
+        "workloads": sorted(wanted),
     }
     report = markdown(result)
     print(report)

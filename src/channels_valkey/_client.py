@@ -227,9 +227,11 @@ class QueueServer(Protocol):
         shared: Sequence[bytes],
         now: float,
         expiry: int,
+        wait: ReplicaWait | None = None,
     ) -> list[int]:
         """Queue the same messages, in order, on each of ``writes``' queues, all of them or
-        none per queue; returns the positions of the queues skipped for lack of room."""
+        none per queue; returns the positions of the queues skipped for lack of room. With
+        ``wait`` (one queue only), also wait for that many replicas, as ``send`` does."""
         ...
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None: ...
@@ -292,25 +294,43 @@ class Shard:
         args: list[_scripts.Arg] = [repr(now), expiry, capacity, payload]
         if wait is None:
             return bool(await self._run(_scripts.SEND, [queue], args))
-        queued, confirmed = await retrying(
-            lambda: self._send_and_wait(queue, args, wait), TRANSIENT_ERRORS, self.host.describe()
-        )
-        wait.check(self.host, confirmed)
+        queued = await self._confirmed(_scripts.SEND, [queue], args, wait)
         return bool(queued)
 
-    async def _send_and_wait(
-        self, queue: str, args: list[_scripts.Arg], wait: ReplicaWait
+    async def _confirmed(
+        self,
+        script: _scripts.Script,
+        keys: list[str],
+        args: list[_scripts.Arg],
+        wait: ReplicaWait,
+    ) -> object:
+        """Run ``script`` and wait for ``wait``'s replicas in the same round trip; its reply,
+        or :class:`~channels_valkey.exceptions.NotReplicated`."""
+        reply, confirmed = await retrying(
+            lambda: self._run_and_wait(script, keys, args, wait),
+            TRANSIENT_ERRORS,
+            self.host.describe(),
+        )
+        wait.check(self.host, confirmed)
+        return reply
+
+    async def _run_and_wait(
+        self,
+        script: _scripts.Script,
+        keys: list[str],
+        args: list[_scripts.Arg],
+        wait: ReplicaWait,
     ) -> tuple[object, int]:
         """``EVALSHA`` and ``WAIT`` pipelined on one connection: WAIT counts the replicas
         that have this connection's last write."""
         for _ in range(2):
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", _scripts.SEND.sha, 1, queue, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
                 queued, confirmed = await pipe.execute(raise_on_error=False)
             if not isinstance(queued, NoScriptError):
                 break
-            await self.client.script_load(_scripts.SEND.source)
+            await self.client.script_load(script.source)
         if isinstance(queued, Exception):
             raise queued
         return queued, int(confirmed)
@@ -333,9 +353,14 @@ class Shard:
         shared: Sequence[bytes],
         now: float,
         expiry: int,
+        wait: ReplicaWait | None = None,
     ) -> list[int]:
         args = batch_args(writes, scores, shared, now, expiry)
-        full = await self._run(_scripts.SEND_BATCH, [queue for queue, _, _ in writes], args)
+        keys = [queue for queue, _, _ in writes]
+        if wait is None:
+            full = await self._run(_scripts.SEND_BATCH, keys, args)
+        else:
+            full = await self._confirmed(_scripts.SEND_BATCH, keys, args, wait)
         return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:

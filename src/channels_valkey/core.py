@@ -279,7 +279,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         Raises ``ChannelFull`` and queues none of them when the channel has no room for all.
         The messages of one call stay together on one shard, even with several ``hosts``
         (where a normal channel's single sends take the shards in turn), so they are received
-        in the order given. An empty list does nothing.
+        in the order given. With ``wait_for_replicas`` it waits for the replicas as ``send``
+        does, in the same round trip. An empty list does nothing.
         """
         self.require_valid_channel_name(channel)
         checked = check_messages(messages)
@@ -292,8 +293,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         shard = (await self._resources()).shards[self._send_shard(channel)]
         now = time.time()
         write = (self._keys.queue(non_local_name(channel)), self.get_capacity(channel), None)
+        scores = batch_scores(now, len(payloads))
         skipped = await shard.send_batch(
-            [write], batch_scores(now, len(payloads)), payloads, now, self.expiry
+            [write], scores, payloads, now, self.expiry, self._replica_wait
         )
         if skipped:
             self._stats.channel_full += len(payloads)

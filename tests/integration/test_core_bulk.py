@@ -16,7 +16,7 @@ import pytest
 from channels.exceptions import ChannelFull
 
 from channels_valkey.core import ValkeyChannelLayer
-from channels_valkey.exceptions import MessageTooLarge
+from channels_valkey.exceptions import MessageTooLarge, NotReplicated
 from servers import Topology, ValkeyServer
 
 RECEIVE_TIMEOUT = 5
@@ -162,6 +162,33 @@ async def test_bulk_sends_refuse_bad_input_before_any_io(
         with pytest.raises(ValueError, match=r"messages\[0\]: .*__asgi_channel__"):
             await send("ok", [{"type": "m", "__asgi_channel__": "x"}])
     assert sender_io(topology_servers) == {}
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
+async def test_send_multiple_waits_for_replicas_in_the_same_round_trip(
+    make_layer: Callable[..., ValkeyChannelLayer], topology_servers: list[ValkeyServer]
+) -> None:
+    layer = make_layer(wait_for_replicas=1)
+    await layer.send_multiple("confirmed", [{"type": "warm"}])  # the script on its node
+    assert await receive(layer, "confirmed") == {"type": "warm"}
+    for server in topology_servers:
+        server.reset_stats()
+    await layer.send_multiple("confirmed", numbered(10))
+    stats = [server.commandstats() for server in topology_servers]
+    assert sum(s.get("wait", 0) for s in stats) == 1
+    assert sum(s.get("evalsha", 0) for s in stats) == 1
+    assert [(await receive(layer, "confirmed"))["n"] for _ in range(10)] == list(range(10))
+
+
+@standalone_only
+async def test_send_multiple_without_a_replica_raises_not_replicated(
+    make_layer: Callable[..., ValkeyChannelLayer],
+) -> None:
+    layer = make_layer(wait_for_replicas=1, replica_timeout=0.05)
+    with pytest.raises(NotReplicated, match=r"only 0 of 1 replicas confirmed it"):
+        await layer.send_multiple("unconfirmed", numbered(3))
+    # Queued all the same, as with send.
+    assert [(await receive(layer, "unconfirmed"))["n"] for _ in range(3)] == [0, 1, 2]
 
 
 # --- group_send_multiple -------------------------------------------------------------------
