@@ -413,11 +413,41 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(paths: list[str]) -> str:
+    """The report of one earlier run (its .md rewritten), or of several pooled: their rounds
+    side by side, each ratio still taken within its own round."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    if len(runs) == 1:
+        report = markdown(runs[0])
+        Path(paths[0]).with_suffix(".md").write_text(report)
+        return report
+    records: list[dict[str, Any]] = []
+    offset = 0
+    for run in runs:
+        records += [{**record, "round": record["round"] + offset} for record in run["records"]]
+        offset += run["rounds"]
+    pooled = {
+        **runs[-1],
+        "started": " + ".join(run["started"] for run in runs),
+        "measured": "; ".join(sorted({run["measured"] for run in runs})),
+        "rounds": offset,
+        "load": ", ".join(run["load"] for run in runs),
+        "records": records,
+        "workloads": sorted({w for run in runs for w in run.get("workloads", ["size"])}),
+    }
+    return markdown(pooled)
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         return worker_main(sys.argv[2])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--render", help="print and rewrite the report of an earlier run's JSON")
+    parser.add_argument(
+        "--render",
+        nargs="+",
+        metavar="JSON",
+        help="print the report of earlier runs (one run's .md is rewritten; several are pooled)",
+    )
     parser.add_argument("--url")
     parser.add_argument("--venvs")
     parser.add_argument("--measured", default="working tree")
@@ -430,9 +460,7 @@ def main() -> int:
     )
     options = parser.parse_args()
     if options.render:
-        report = markdown(json.loads(Path(options.render).read_text()))
-        Path(options.render).with_suffix(".md").write_text(report)
-        print(report)
+        print(render(options.render))
         return 0
     if not options.url or not options.venvs:
         parser.error("--url and --venvs are needed to measure")
