@@ -197,6 +197,31 @@ def parse_alive(reply: object) -> AliveReply:
     )
 
 
+#: One queue of a batch send: ``(queue, capacity, payloads)``, where ``payloads`` is the
+#: queue's own copy of the messages, or ``None`` for the copies every queue shares.
+BatchWrite = tuple[str, int, Sequence[bytes] | None]
+
+
+def batch_args(
+    writes: Sequence[BatchWrite],
+    scores: Sequence[float],
+    shared: Sequence[bytes],
+    now: float,
+    expiry: int,
+) -> list[_scripts.Arg]:
+    """The ``send_batch`` script's arguments for ``writes`` (its keys are their queues): the
+    shared payloads travel once, however many queues take them."""
+    args: list[_scripts.Arg] = [repr(now), expiry, len(scores)]
+    args += [repr(score) for score in scores]
+    args += shared
+    for _, capacity, own in writes:
+        if own is None:
+            args += [capacity, 0]
+        else:
+            args += [capacity, 1, *own]
+    return args
+
+
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -216,6 +241,20 @@ class QueueServer(Protocol):
     async def send_many(
         self, deliveries: Sequence[tuple[str, int, bytes]], now: float, expiry: int
     ) -> list[int]: ...
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+        wait: ReplicaWait | None = None,
+    ) -> list[int]:
+        """Queue the same messages, in order, on each of ``writes``' queues, all of them or
+        none per queue; returns the positions of the queues skipped for lack of room. With
+        ``wait`` (one queue only), also wait for that many replicas, as ``send`` does."""
+        ...
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None: ...
 
@@ -287,25 +326,43 @@ class Shard:
         args: list[_scripts.Arg] = [repr(now), expiry, capacity, payload]
         if wait is None:
             return bool(await self._run(_scripts.SEND, [queue], args))
-        queued, confirmed = await retrying(
-            lambda: self._send_and_wait(queue, args, wait), TRANSIENT_ERRORS, self.host.describe()
-        )
-        wait.check(self.host, confirmed)
+        queued = await self._confirmed(_scripts.SEND, [queue], args, wait)
         return bool(queued)
 
-    async def _send_and_wait(
-        self, queue: str, args: list[_scripts.Arg], wait: ReplicaWait
+    async def _confirmed(
+        self,
+        script: _scripts.Script,
+        keys: list[str],
+        args: list[_scripts.Arg],
+        wait: ReplicaWait,
+    ) -> object:
+        """Run ``script`` and wait for ``wait``'s replicas in the same round trip; its reply,
+        or :class:`~channels_valkey.exceptions.NotReplicated`."""
+        reply, confirmed = await retrying(
+            lambda: self._run_and_wait(script, keys, args, wait),
+            TRANSIENT_ERRORS,
+            self.host.describe(),
+        )
+        wait.check(self.host, confirmed)
+        return reply
+
+    async def _run_and_wait(
+        self,
+        script: _scripts.Script,
+        keys: list[str],
+        args: list[_scripts.Arg],
+        wait: ReplicaWait,
     ) -> tuple[object, int]:
         """``EVALSHA`` and ``WAIT`` pipelined on one connection: WAIT counts the replicas
         that have this connection's last write."""
         for _ in range(2):
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", _scripts.SEND.sha, 1, queue, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
                 queued, confirmed = await pipe.execute(raise_on_error=False)
             if not isinstance(queued, NoScriptError):
                 break
-            await self.client.script_load(_scripts.SEND.source)
+            await self.client.script_load(script.source)
         if isinstance(queued, Exception):
             raise queued
         return queued, int(confirmed)
@@ -319,6 +376,23 @@ class Shard:
         for _, capacity, payload in deliveries:
             args += [capacity, payload]
         full = await self._run(_scripts.SEND_MANY, [queue for queue, _, _ in deliveries], args)
+        return [int(index) - 1 for index in cast("list[int]", full)]
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+        wait: ReplicaWait | None = None,
+    ) -> list[int]:
+        args = batch_args(writes, scores, shared, now, expiry)
+        keys = [queue for queue, _, _ in writes]
+        if wait is None:
+            full = await self._run(_scripts.SEND_BATCH, keys, args)
+        else:
+            full = await self._confirmed(_scripts.SEND_BATCH, keys, args, wait)
         return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:

@@ -26,7 +26,15 @@ from valkey.asyncio.connection import AbstractConnection, Connection
 from valkey.exceptions import AskError, MovedError, NoScriptError
 
 from . import _scripts
-from ._client import REDIRECT_ERRORS, AliveReply, ReplicaWait, connection_kwargs, parse_alive
+from ._client import (
+    REDIRECT_ERRORS,
+    AliveReply,
+    BatchWrite,
+    ReplicaWait,
+    batch_args,
+    connection_kwargs,
+    parse_alive,
+)
 from ._health import health_checked, take_interval
 from ._hosts import ClusterHost, Host
 from ._per_loop import release_dead
@@ -137,12 +145,21 @@ class ClusterShard:
         args = [repr(now), expiry, capacity, payload]
         if wait is None:
             return bool(await self._script(_scripts.SEND, [queue], args))
-        queued, confirmed = await self._retrying(lambda: self._send_and_wait(queue, args, wait))
-        wait.check(self.host, confirmed)
-        return bool(queued)
+        return bool(await self._confirmed(_scripts.SEND, queue, args, wait))
 
-    async def _send_and_wait(
-        self, queue: str, args: list[Any], wait: ReplicaWait
+    async def _confirmed(
+        self, script: _scripts.Script, queue: str, args: list[Any], wait: ReplicaWait
+    ) -> object:
+        """Run ``script`` on ``queue`` and wait for ``wait``'s replicas in the same round
+        trip; its reply, or :class:`~channels_valkey.exceptions.NotReplicated`."""
+        reply, confirmed = await self._retrying(
+            lambda: self._run_and_wait(script, queue, args, wait)
+        )
+        wait.check(self.host, confirmed)
+        return reply
+
+    async def _run_and_wait(
+        self, script: _scripts.Script, queue: str, args: list[Any], wait: ReplicaWait
     ) -> tuple[object, int]:
         """``EVALSHA`` and ``WAIT`` pipelined on one connection to the queue's node: WAIT
         counts the replicas that have this connection's last write."""
@@ -150,7 +167,7 @@ class ClusterShard:
         node = self.client.get_node_from_key(queue)
         if node is None:
             raise ConnectionError(f"no node serves {queue} yet")  # retried by _retrying
-        send = PipelineCommand(0, "EVALSHA", _scripts.SEND.sha, 1, queue, *args)
+        send = PipelineCommand(0, "EVALSHA", script.sha, 1, queue, *args)
         confirm = PipelineCommand(1, "WAIT", wait.replicas, wait.timeout_ms)
         try:
             await node.execute_pipeline([send, confirm])
@@ -158,8 +175,8 @@ class ClusterShard:
             await self._refresh()
             raise
         if isinstance(send.result, NoScriptError):  # a node that never saw the script
-            await self.client.script_load(_scripts.SEND.source)
-            return await self._send_and_wait(queue, args, wait)
+            await self.client.script_load(script.source)
+            return await self._run_and_wait(script, queue, args, wait)
         if isinstance(send.result, AskError):  # the slot moved: learn where, then retry
             await self._refresh()
         queued, confirmed = send.result, confirm.result
@@ -185,6 +202,40 @@ class ClusterShard:
             positions[int(index) - 1]
             for positions, full in zip(by_slot.values(), results, strict=True)
             for index in full
+        ]
+
+    async def send_batch(
+        self,
+        writes: Sequence[BatchWrite],
+        scores: Sequence[float],
+        shared: Sequence[bytes],
+        now: float,
+        expiry: int,
+        wait: ReplicaWait | None = None,
+    ) -> list[int]:
+        """One script call per slot, as for ``send_many``; a single queue (``send_multiple``)
+        is one call to its node, followed by ``WAIT`` on the same connection with ``wait``."""
+        by_slot: dict[int, list[int]] = defaultdict(list)  # slot -> positions in writes
+        for position, (queue, _, _) in enumerate(writes):
+            by_slot[self.client.keyslot(queue)].append(position)
+        calls = []
+        for positions in by_slot.values():
+            slot_writes = [writes[position] for position in positions]
+            args = batch_args(slot_writes, scores, shared, now, expiry)
+            calls.append(([queue for queue, _, _ in slot_writes], args))
+        if wait is not None:
+            if len(writes) != 1:
+                raise ValueError("waiting for replicas needs a single queue")
+            keys, args = calls[0]
+            results = [await self._confirmed(_scripts.SEND_BATCH, keys[0], args, wait)]
+        elif len(calls) == 1:
+            results = [await self._script(_scripts.SEND_BATCH, *calls[0])]
+        else:
+            results = await self._retrying(lambda: self._pipelined(_scripts.SEND_BATCH, calls))
+        return [
+            positions[int(index) - 1]
+            for positions, full in zip(by_slot.values(), results, strict=True)
+            for index in cast("list[int]", full)
         ]
 
     async def _pipelined(

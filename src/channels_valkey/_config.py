@@ -43,6 +43,8 @@ class LayerConfig:
     #: Seconds of silence after which a process that heartbeats is taken for dead (its
     #: channels leave groups, see ``_alive``); ``None`` turns liveness off.
     process_expiry: float | None = DEFAULT_PROCESS_EXPIRY
+    #: The most bytes a serialized message may have; ``None`` for no limit.
+    max_message_size: int | None = None
 
     def capacity_of(self, channel: str) -> int:
         """The first ``channel_capacity`` rule that matches wins, else ``capacity``."""
@@ -64,6 +66,7 @@ def build_config(
     wait_for_replicas: object = 0,
     replica_timeout: object = 1.0,
     process_expiry: object = DEFAULT_PROCESS_EXPIRY,
+    max_message_size: object = None,
 ) -> LayerConfig:
     return LayerConfig(
         hosts=parse_hosts(hosts),
@@ -76,6 +79,7 @@ def build_config(
         wait_for_replicas=non_negative_int("wait_for_replicas", wait_for_replicas),
         replica_timeout=positive_seconds("replica_timeout", replica_timeout),
         process_expiry=check_process_expiry(process_expiry),
+        max_message_size=optional_size("max_message_size", max_message_size),
     )
 
 
@@ -95,6 +99,17 @@ def positive_int(option: str, value: object) -> int:
     """Seconds and counts: fractional values are refused, Valkey's EXPIRE takes whole seconds."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{option} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def optional_size(option: str, value: object) -> int | None:
+    """A number of bytes, or ``None`` for no limit (the default, as channels_redis has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(
+            f"{option} must be a number of bytes >= 1, or None for no limit; got {value!r}"
+        )
     return value
 
 

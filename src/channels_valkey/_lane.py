@@ -69,6 +69,39 @@ class Lane:
         await self._give_back(connection)
         return reply
 
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send several commands in one write on one connection (a pipeline, without
+        ``MULTI``) and return their replies in order, an error reply as its exception. They
+        run in the order given; after a connection error all are sent again, like one
+        command."""
+        connection = self._free.pop() if self._free else self._new_connection()
+        packed = connection.pack_commands(commands)
+        started = time.monotonic()
+        outage: Outage | None = None
+        try:
+            while True:
+                try:
+                    await connection.send_packed_command(packed, check_health=False)
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await connection.read_response())
+                        except ResponseError as error:  # a whole answer: read on
+                            replies.append(error)
+                    break
+                except TRANSIENT_ERRORS:
+                    await connection.disconnect()
+                    outage = outage or Outage(started)
+                    delay = outage.next_pause()
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        await self._give_back(connection)
+        return replies
+
     def _new_connection(self) -> AbstractConnection:
         connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         return connection

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ._keys import RESERVED_KEY
+from .exceptions import MessageTooLarge
 
 
 def check_message(message: object) -> dict[str, Any]:
@@ -17,3 +19,25 @@ def check_message(message: object) -> dict[str, Any]:
             "messages to process-local channels"
         )
     return message
+
+
+def check_messages(messages: object) -> list[dict[str, Any]]:
+    """The messages of a bulk send as a list, each checked like ``send``'s; an error names
+    the position of the message at fault."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes | bytearray):
+        raise TypeError(f"messages must be a list of dicts, got {type(messages).__name__}")
+    checked = []
+    for position, message in enumerate(messages):
+        try:
+            checked.append(check_message(message))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"messages[{position}]: {error}") from None
+    return checked
+
+
+def check_size(payload: bytes, limit: int | None, target: str) -> bytes:
+    """Return ``payload`` if it fits ``max_message_size``, else raise naming ``target``
+    (e.g. ``"channel 'chat'"``), the size and the limit."""
+    if limit is not None and len(payload) > limit:
+        raise MessageTooLarge(target, len(payload), limit)
+    return payload

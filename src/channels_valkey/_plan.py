@@ -8,6 +8,7 @@ message in their own queue.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -47,3 +48,18 @@ def plan_group_send(
         write = QueueWrite(keys.queue(channel), capacity_of(channel), ())
         plan.setdefault(shard_index(channel, ring_size), []).append(write)
     return plan
+
+
+def batch_scores(now: float, count: int) -> list[float]:
+    """Scores for ``count`` messages queued together: ``now`` and the next larger floats.
+
+    A queue pops the lowest score first and orders equal scores by the message's bytes, so
+    messages queued in one call need distinct, increasing scores to pop in the order given.
+    Each is one step of float precision above the last (about a quarter of a microsecond for
+    today's clock), so a batch spans far less time than the round trip that queues it: a
+    message sent after the call returns still scores above all of the batch.
+    """
+    scores = [now]
+    for _ in range(count - 1):
+        scores.append(math.nextafter(scores[-1], math.inf))
+    return scores

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from valkey.asyncio.cluster import ClusterNode
@@ -189,6 +189,20 @@ class ClusterPlacement:
             raise ConnectionError(f"no node serves {name} yet")  # retried
         _, count = await node.execute_command("PUBSUB", "SHARDNUMSUB", name)
         return int(count)
+
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        """One ``SPUBLISH`` per payload, in one pipeline to the primary of ``name``'s slot."""
+        replies = await retrying(
+            lambda: self._spublish_all(name, payloads), REDIRECT_ERRORS, self.host.describe()
+        )
+        return [int(reply) for reply in replies]
+
+    async def _spublish_all(self, name: str, payloads: Sequence[bytes]) -> list[Any]:
+        async with self.client.pipeline() as pipe:
+            for payload in payloads:
+                pipe.execute_command("SPUBLISH", name, payload)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     # --- subscribing ---------------------------------------------------------------------
 

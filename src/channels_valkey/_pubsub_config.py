@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._config import check_prefix, positive_int
+from ._config import check_prefix, optional_size, positive_int
 from ._hosts import ClusterHost, Host, parse_hosts
 from ._pubsub_state import (
     DEFAULT_CHANNEL_BYTES,
@@ -34,6 +34,7 @@ ACCEPTED_OPTIONS = (
     "serializer_format",
     "on_disconnect",
     "on_reconnect",
+    "max_message_size",
 )
 
 
@@ -50,6 +51,8 @@ class PubSubConfig:
     #: Beyond ``capacity``, while the consumer reads: when it counts as stopped, and how many
     #: bytes may wait per channel and for all local channels of an event loop together.
     overflow: OverflowLimits
+    #: The most bytes a serialized message may have; ``None`` for no limit.
+    max_message_size: int | None = None
 
     @property
     def on_cluster(self) -> bool:
@@ -71,6 +74,7 @@ def build_pubsub_config(
     stall_timeout: object = DEFAULT_STALL_TIMEOUT,
     channel_buffer_bytes: object = DEFAULT_CHANNEL_BYTES,
     total_buffer_bytes: object = DEFAULT_TOTAL_BYTES,
+    max_message_size: object = None,
 ) -> PubSubConfig:
     check_unknown(unknown)
     return PubSubConfig(
@@ -80,6 +84,7 @@ def build_pubsub_config(
         on_disconnect=check_hook("on_disconnect", on_disconnect),
         on_reconnect=check_hook("on_reconnect", on_reconnect),
         overflow=check_overflow(stall_timeout, channel_buffer_bytes, total_buffer_bytes),
+        max_message_size=optional_size("max_message_size", max_message_size),
     )
 
 

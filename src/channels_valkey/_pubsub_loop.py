@@ -64,6 +64,10 @@ class LoopLayer(LoopOwned):
         """Publish on the server carrying ``name``; returns how many subscribers got it."""
         return await self.placement.publish(name, payload)
 
+    async def publish_many(self, name: str, payloads: list[bytes]) -> list[int]:
+        """Publish each payload on ``name`` in order, in one pipeline."""
+        return await self.placement.publish_many(name, payloads)
+
     # --- local channels ------------------------------------------------------------------
 
     def owns(self, channel: str) -> bool:

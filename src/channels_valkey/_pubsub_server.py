@@ -48,6 +48,11 @@ class Placement(Protocol):
         subscribed to it."""
         ...
 
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        """Publish each payload on ``name`` in order, in one pipeline; returns each one's
+        receiver count."""
+        ...
+
     async def subscribe(self, name: str) -> None:
         """Return once the server that carries ``name`` has confirmed the subscription."""
         ...
@@ -91,6 +96,19 @@ class PubSubServer:
             raise ServerUnreachable(self.describe(), error) from error
         return int(count)
 
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        """One ``PUBLISH`` per payload, written together on one connection."""
+        try:
+            replies = await self.lane.execute_many(
+                [("PUBLISH", name, payload) for payload in payloads]
+            )
+        except TRANSIENT_ERRORS as error:
+            raise ServerUnreachable(self.describe(), error) from error
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [int(reply) for reply in replies]
+
     def subscriber_connection(self) -> AbstractConnection:
         """A new, unconnected connection outside the pool, for one subscriber to own."""
         connection: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
@@ -129,6 +147,9 @@ class ServerPlacement:
 
     async def subscribed(self, name: str) -> int:
         return await self.servers[self._index(name)].subscribed(name)
+
+    async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
+        return await self.servers[self._index(name)].publish_many(name, payloads)
 
     async def subscribe(self, name: str) -> None:
         await self._subscribers[self._index(name)].subscribe(name)

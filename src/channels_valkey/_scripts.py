@@ -48,6 +48,7 @@ class Script:
 
 SEND = Script.load("send")
 SEND_MANY = Script.load("send_many")
+SEND_BATCH = Script.load("send_batch")
 GROUP_ADD = Script.load("group_add")
 REQUEUE = Script.load("requeue")
 WAKE = Script.load("wake")

@@ -7,7 +7,9 @@ slow or restarting, up to ``expiry`` seconds. The key layout and payload format 
 Costs per operation (client round trips): ``send`` 1; ``receive`` at most 1, fewer when a
 burst arrives (one ``BZMPOP`` pops up to ``capacity`` messages for this process's channels);
 ``group_send`` 1 to read the group plus 1 per shard holding members, sent concurrently,
-whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1.
+whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1. The bulk forms
+cost the same whatever the number of messages: ``send_multiple`` 1, ``group_send_multiple`` as
+``group_send`` (on a cluster, 1 per slot holding members, pipelined per node).
 
 Liveness (``process_expiry``, see ``_alive``): a layer receiving on its process-local channels
 heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
@@ -39,9 +41,9 @@ from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._log import RateLimitedLog
 from ._loops import LoopResources
-from ._messages import check_message
+from ._messages import check_message, check_messages, check_size
 from ._per_loop import PerLoop
-from ._plan import QueueWrite, plan_group_send
+from ._plan import QueueWrite, batch_scores, plan_group_send
 from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
 from ._servers import check_server
@@ -79,6 +81,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         wait_for_replicas: int = 0,
         replica_timeout: float = 1.0,
         process_expiry: float | None = DEFAULT_PROCESS_EXPIRY,
+        max_message_size: int | None = None,
     ) -> None:
         self.config: LayerConfig = build_config(
             hosts=hosts,
@@ -91,6 +94,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             wait_for_replicas=wait_for_replicas,
             replica_timeout=replica_timeout,
             process_expiry=process_expiry,
+            max_message_size=max_message_size,
         )
         for host in self.config.hosts:
             check_server(host)
@@ -197,7 +201,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if is_process_local(channel):
             message = {**message, RESERVED_KEY: channel}
         name = non_local_name(channel)
-        payload = self._serializer.serialize(message)
+        payload = self._serialize(message, f"channel {channel!r}")
         shard = (await self._resources()).shards[self._send_shard(channel)]
         queued = await shard.send(
             self._keys.queue(name),
@@ -271,13 +275,14 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Send ``message`` to every member; members at capacity are skipped and counted."""
         self.require_valid_group_name(group)
         check_message(message)
+        # Serialized before any I/O, so a bad or oversized message fails the same way
+        # whatever the group; one payload serves every normal channel.
+        shared = self._serialize(message, f"group {group!r}")
         resources = await self._resources()
         shards = resources.shards
         now = time.time()
         members, dead = await self._live_members(resources, group, now)
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
-        # Serialized even for an empty group, so a bad message fails the same way every time.
-        shared = self._serializer.serialize(message)  # one payload for every normal channel
         sends = [
             shards[index].send_many(
                 [(w.queue, w.capacity, self._payload_for(w, message, shared)) for w in writes],
@@ -314,6 +319,85 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         members, dead = await self._live_members(resources, group, now)
         await self._forget_dead(resources, group, dead)
         return len(members)
+
+    # --- bulk sends ------------------------------------------------------------------------
+
+    async def send_multiple(self, channel: str, messages: Sequence[dict[str, Any]]) -> None:
+        """Queue ``messages`` on ``channel`` in order, all or none, in one round trip.
+
+        Raises ``ChannelFull`` and queues none of them when the channel has no room for all.
+        The messages of one call stay together on one shard, even with several ``hosts``
+        (where a normal channel's single sends take the shards in turn), so they are received
+        in the order given. With ``wait_for_replicas`` it waits for the replicas as ``send``
+        does, in the same round trip. An empty list does nothing.
+        """
+        self.require_valid_channel_name(channel)
+        checked = check_messages(messages)
+        if is_process_local(channel):
+            checked = [{**message, RESERVED_KEY: channel} for message in checked]
+        target = f"channel {channel!r}"
+        payloads = [self._serialize(message, target) for message in checked]
+        if not payloads:
+            return
+        shard = (await self._resources()).shards[self._send_shard(channel)]
+        now = time.time()
+        write = (self._keys.queue(non_local_name(channel)), self.get_capacity(channel), None)
+        scores = batch_scores(now, len(payloads))
+        skipped = await shard.send_batch(
+            [write], scores, payloads, now, self.expiry, self._replica_wait
+        )
+        if skipped:
+            self._stats.channel_full += len(payloads)
+            raise ChannelFull(channel)
+        self._stats.messages_sent += len(payloads)
+
+    async def group_send_multiple(self, group: str, messages: Sequence[dict[str, Any]]) -> None:
+        """Send every member all of ``messages``, in order; a member without room for all of
+        them gets none and is counted (as ``group_send`` skips a full member).
+
+        One group read, then one round trip per shard holding members, as ``group_send``,
+        whatever the number of messages. An empty list does nothing.
+        """
+        self.require_valid_group_name(group)
+        checked = check_messages(messages)
+        target = f"group {group!r}"
+        shared = [self._serialize(message, target) for message in checked]
+        if not shared:
+            return
+        resources = await self._resources()
+        shards = resources.shards
+        now = time.time()
+        members, dead = await self._live_members(resources, group, now)
+        plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
+        scores = batch_scores(now, len(shared))
+        sends = [
+            shards[index].send_batch(
+                [(w.queue, w.capacity, self._payloads_for(w, checked)) for w in writes],
+                scores,
+                shared,
+                now,
+                self.expiry,
+            )
+            for index, writes in plan.items()
+        ]
+        results, _ = await asyncio.gather(
+            asyncio.gather(*sends), self._forget_dead(resources, group, dead)
+        )
+        full = 0
+        for writes, skipped in zip(plan.values(), results, strict=True):
+            full += sum(len(writes[i].local_channels) or 1 for i in skipped)
+        count = len(shared)
+        self._stats.group_sends += count
+        self._stats.group_deliveries += (len(members) - full) * count
+        self._stats.group_members_full += full * count
+        if full:
+            logger.info(
+                "%d of %d channels in group %s had no room for %d messages",
+                full,
+                len(members),
+                group,
+                count,
+            )
 
     # --- flush extension and closing -------------------------------------------------------
 
@@ -515,6 +599,19 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 stats=self._stats,
             )
             resources.add_reader(index, reader)
+
+    def _serialize(self, message: Message, target: str) -> bytes:
+        """The message's bytes, checked against ``max_message_size`` before any I/O."""
+        payload = self._serializer.serialize(message)
+        return check_size(payload, self.config.max_message_size, target)
+
+    def _payloads_for(self, write: QueueWrite, messages: list[Message]) -> list[bytes] | None:
+        """A process queue's own copies of a bulk send's messages, naming its member
+        channels; ``None`` for a normal channel, which takes the shared copies."""
+        if not write.local_channels:
+            return None
+        names = list(write.local_channels)
+        return [self._serializer.serialize({**m, RESERVED_KEY: names}) for m in messages]
 
     def _payload_for(self, write: QueueWrite, message: Message, shared: bytes) -> bytes:
         """A process queue's copy names its member channels; normal channels share one."""

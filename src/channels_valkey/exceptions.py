@@ -31,6 +31,24 @@ class SerializationError(TypeError):
     """A message holds a value its serializer cannot encode; the message names the key."""
 
 
+class MessageTooLarge(ValueError):
+    """A message serializes to more bytes than the layer's ``max_message_size``.
+
+    Raised by ``send``, ``group_send`` and their bulk forms before anything is sent, so one
+    huge message never occupies a connection the process's other commands share. The
+    message names the channel or group, the size and the limit.
+    """
+
+    def __init__(self, target: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"message for {target} is {size} bytes serialized, over max_message_size "
+            f"({limit} bytes); send a reference to the data (a key, a URL) instead"
+        )
+        self.target = target
+        self.size = size
+        self.limit = limit
+
+
 class ServerUnreachable(ConnectionError):
     """A Valkey server could not be reached, even after reconnecting and retrying.
 

@@ -3,6 +3,10 @@
 Counting costs a few integer additions in process memory and no round trip. Counters start
 at zero when the layer is built and only grow; compare two snapshots to get rates. They
 cover the whole layer, across every event loop it ran on.
+
+The bulk forms count as the single calls they replace: ``send_multiple`` of n messages as n
+``send`` calls (refused: n ``channel_full``), ``group_send_multiple`` of n messages as n
+``group_send`` calls (a member skipped for lack of room: n ``group_members_full``).
 """
 
 from __future__ import annotations

@@ -139,3 +139,29 @@ async def test_group_send_costs_one_script_call_per_slot(
         assert await asyncio.wait_for(layer.receive(member), 5) == {"type": "m"}
     await layer.flush()
     await layer.close()
+
+
+async def test_group_send_multiple_costs_one_script_call_per_slot(
+    valkey_cluster: ValkeyClusterGroup,
+) -> None:
+    valkey_cluster.flushall()
+    layer = ValkeyChannelLayer(hosts=cluster_hosts(valkey_cluster))
+    members = [f"member.{n}" for n in range(100)]
+    for member in members:
+        await layer.group_add("big", member)
+    await layer.group_send_multiple("big", [{"type": "warm"}])  # scripts, connections
+    primaries: list[ValkeyServer] = valkey_cluster.primaries()
+    for node in primaries:
+        node.reset_stats()
+    await layer.group_send_multiple("big", [{"type": "m", "n": n} for n in range(5)])
+    stats = [node.commandstats() for node in primaries]
+    slots = {int(primaries[0].client().cluster("keyslot", layer._keys.queue(m))) for m in members}
+    assert sum(s.get("zrangebyscore", 0) for s in stats) == 1
+    assert sum(s.get("evalsha", 0) for s in stats) == len(slots)
+    assert sum(s.get("zadd", 0) for s in stats) == 5 * len(members)
+    for member in members[:3]:
+        assert await asyncio.wait_for(layer.receive(member), 5) == {"type": "warm"}
+        for n in range(5):
+            assert await asyncio.wait_for(layer.receive(member), 5) == {"type": "m", "n": n}
+    await layer.flush()
+    await layer.close()

@@ -169,3 +169,33 @@ async def test_dead_members_cost_one_removal_per_group(valkey_server: ValkeyServ
     finally:
         await layer.flush()
         await layer.close()
+
+
+async def test_send_multiple_costs_one_round_trip_whatever_the_count(
+    layer: ValkeyChannelLayer, valkey_server: ValkeyServer
+) -> None:
+    await layer.send_multiple("warm", [{"type": "warm"}])  # its script loaded
+    valkey_server.reset_stats()
+    await layer.send_multiple("bulk", [{"type": "m", "n": n} for n in range(50)])
+    round_trips, commands = sender_costs(valkey_server)
+    assert round_trips == 1  # one EVALSHA
+    assert commands == 1 + 1 + 50 + 1  # ZCARD, one ZADD per message, EXPIRE
+
+
+@pytest.mark.parametrize("members", ["local", "normal"])
+async def test_group_send_multiple_costs_two_round_trips_whatever_the_counts(
+    layer: ValkeyChannelLayer, valkey_server: ValkeyServer, members: str
+) -> None:
+    if members == "local":
+        channels = [await layer.new_channel() for _ in range(100)]
+    else:
+        channels = [f"member.{n}" for n in range(100)]
+    for channel in channels:
+        await layer.group_add("big", channel)
+    await layer.group_send_multiple("warm", [{"type": "warm"}])  # its script loaded
+    valkey_server.reset_stats()
+    await layer.group_send_multiple("big", [{"type": "m", "n": n} for n in range(10)])
+    round_trips, commands = sender_costs(valkey_server)
+    assert round_trips == 2  # ZRANGEBYSCORE + one EVALSHA
+    queues = 1 if members == "local" else 100
+    assert commands == 2 + queues * (1 + 10 + 1)  # per queue: ZCARD, 10 ZADD, EXPIRE

@@ -206,6 +206,20 @@ def test_prefix_must_be_a_str(prefix: Any) -> None:
         layer(prefix=prefix)
 
 
+def test_max_message_size_is_off_by_default_like_channels_redis() -> None:
+    assert layer().config.max_message_size is None
+    assert layer(max_message_size=1).config.max_message_size == 1
+    assert layer(max_message_size=256 * 1024).config.max_message_size == 256 * 1024
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, 1024.0, True, "1MB", [1]])
+def test_max_message_size_is_a_number_of_bytes(value: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^max_message_size must be a number of bytes >= 1, or None"
+    ):
+        layer(max_message_size=value)
+
+
 @pytest.mark.parametrize("value", [-1, 1.0, True, "12", None])
 def test_random_prefix_length(value: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"^random_prefix_length must be a whole number"):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 
 import pytest
 
 from channels_valkey._keys import KeySpace, non_local_name
-from channels_valkey._plan import QueueWrite, plan_group_send
+from channels_valkey._plan import QueueWrite, batch_scores, plan_group_send
 from channels_valkey._sharding import shard_index
 
 KEYS = KeySpace("asgi")
@@ -147,3 +148,16 @@ def test_writes_keep_member_order_within_a_shard() -> None:
     members = ["c", "a", "b"]
     (writes,) = plan_group_send(members, KEYS, 1, capacity_of).values()
     assert [w.queue for w in writes] == ["asgic", "asgia", "asgib"]
+
+
+@pytest.mark.parametrize("now", [0.0, 1.5, 1_800_000_000.123456, 4_102_444_800.0])
+def test_batch_scores_increase_from_now_and_stay_close(now: float) -> None:
+    scores = batch_scores(now, 1000)
+    assert scores[0] == now
+    assert all(a < b for a, b in itertools.pairwise(scores))
+    # A thousand messages span well under a millisecond of the clock, even in 2100.
+    assert scores[-1] - now < 0.001
+
+
+def test_batch_scores_of_one_message_is_now() -> None:
+    assert batch_scores(12.5, 1) == [12.5]

@@ -33,7 +33,12 @@ def test_defaults() -> None:
     assert overflow.stall_timeout == 10.0
     assert (overflow.channel_bytes, overflow.total_bytes) == (4 * 1024**2, 64 * 1024**2)
     assert default.extensions == ["groups", "flush"]
+    assert default.config.max_message_size is None
     assert "localhost:6379" in repr(default)
+
+
+def test_max_message_size_is_taken() -> None:
+    assert layer(max_message_size=65536).config.max_message_size == 65536
 
 
 def test_queue_bounds_are_taken() -> None:
@@ -76,6 +81,10 @@ def test_hooks_are_message_types() -> None:
         ({"hosts": [{"host": "localhost", "no_such_option": 1}]}, "bad connection option"),
         ({"serializer_format": "yaml"}, "no serializer registered for format 'yaml'"),
         ({"symmetric_encryption_keys": "secret"}, "must be a list of keys"),
+        ({"max_message_size": 0}, "max_message_size must be a number of bytes >= 1, or None"),
+        ({"max_message_size": 1.5}, "max_message_size must be a number of bytes >= 1, or None"),
+        ({"max_message_size": "1MB"}, "max_message_size must be a number of bytes >= 1"),
+        ({"max_message_size": False}, "max_message_size must be a number of bytes >= 1"),
     ],
 )
 def test_bad_options_fail_at_construction(options: dict[str, Any], match: str) -> None:
@@ -103,6 +112,8 @@ def test_storage_options_are_refused_with_the_reason() -> None:
 def test_unknown_options_are_named() -> None:
     with pytest.raises(ConfigurationError, match=r"unknown option\(s\): hots.*Accepted options"):
         layer(hots=["valkey://localhost"])
+    with pytest.raises(ConfigurationError, match=r"Accepted options: .*max_message_size"):
+        layer(max_msg_size=1000)
 
 
 @pytest.mark.parametrize("name", ["", "bad name", "x" * 200, b"bytes", None, "a!b!c"])
