@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -278,30 +278,19 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # Serialized before any I/O, so a bad or oversized message fails the same way
         # whatever the group; one payload serves every normal channel.
         shared = self._serialize(message, f"group {group!r}")
-        resources = await self._resources()
-        shards = resources.shards
-        now = time.time()
-        members, dead = await self._live_members(resources, group, now)
-        plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
-        sends = [
-            shards[index].send_many(
-                [(w.queue, w.capacity, self._payload_for(w, message, shared)) for w in writes],
-                now,
-                self.expiry,
-            )
-            for index, writes in plan.items()
-        ]
-        results, _ = await asyncio.gather(
-            asyncio.gather(*sends), self._forget_dead(resources, group, dead)
-        )
-        full = 0
-        for writes, skipped in zip(plan.values(), results, strict=True):
-            full += sum(len(writes[i].local_channels) or 1 for i in skipped)
+
+        def write(shard: QueueServer, writes: list[QueueWrite], now: float) -> Awaitable[list[int]]:
+            deliveries = [
+                (w.queue, w.capacity, self._payload_for(w, message, shared)) for w in writes
+            ]
+            return shard.send_many(deliveries, now, self.expiry)
+
+        full, members = await self._send_to_members(group, write)
         self._stats.group_sends += 1
-        self._stats.group_deliveries += len(members) - full
+        self._stats.group_deliveries += members - full
         self._stats.group_members_full += full
         if full:
-            logger.info("%d of %d channels in group %s were full", full, len(members), group)
+            logger.info("%d of %d channels in group %s were full", full, members, group)
 
     async def group_size(self, group: str) -> int:
         """How many channels are in ``group`` now: members whose membership has not expired
@@ -364,40 +353,47 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         shared = [self._serialize(message, target) for message in checked]
         if not shared:
             return
+
+        def write(shard: QueueServer, writes: list[QueueWrite], now: float) -> Awaitable[list[int]]:
+            batch = [(w.queue, w.capacity, self._payloads_for(w, checked)) for w in writes]
+            return shard.send_batch(batch, batch_scores(now, len(shared)), shared, now, self.expiry)
+
+        full, members = await self._send_to_members(group, write)
+        count = len(shared)
+        self._stats.group_sends += count
+        self._stats.group_deliveries += (members - full) * count
+        self._stats.group_members_full += full * count
+        if full:
+            logger.info(
+                "%d of %d channels in group %s had no room for %d messages",
+                full,
+                members,
+                group,
+                count,
+            )
+
+    async def _send_to_members(
+        self,
+        group: str,
+        write: Callable[[QueueServer, list[QueueWrite], float], Awaitable[list[int]]],
+    ) -> tuple[int, int]:
+        """What ``group_send`` and ``group_send_multiple`` share once the messages are
+        serialized: read the live members (one round trip), ``write`` to each shard holding
+        some (one round trip each, concurrently), and take dead processes' members out of the
+        group alongside. Returns how many members were skipped as full, and how many there
+        were."""
         resources = await self._resources()
-        shards = resources.shards
         now = time.time()
         members, dead = await self._live_members(resources, group, now)
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
-        scores = batch_scores(now, len(shared))
-        sends = [
-            shards[index].send_batch(
-                [(w.queue, w.capacity, self._payloads_for(w, checked)) for w in writes],
-                scores,
-                shared,
-                now,
-                self.expiry,
-            )
-            for index, writes in plan.items()
-        ]
+        sends = [write(resources.shards[index], writes, now) for index, writes in plan.items()]
         results, _ = await asyncio.gather(
             asyncio.gather(*sends), self._forget_dead(resources, group, dead)
         )
         full = 0
         for writes, skipped in zip(plan.values(), results, strict=True):
             full += sum(len(writes[i].local_channels) or 1 for i in skipped)
-        count = len(shared)
-        self._stats.group_sends += count
-        self._stats.group_deliveries += (len(members) - full) * count
-        self._stats.group_members_full += full * count
-        if full:
-            logger.info(
-                "%d of %d channels in group %s had no room for %d messages",
-                full,
-                len(members),
-                group,
-                count,
-            )
+        return full, len(members)
 
     # --- flush extension and closing -------------------------------------------------------
 

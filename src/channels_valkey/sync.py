@@ -27,6 +27,7 @@ gunicorn worker) starts its own on first use and shares no socket with its paren
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
@@ -35,7 +36,7 @@ from channels.layers import get_channel_layer
 
 from ._background import background
 
-__all__ = ["group_send", "send"]
+__all__ = ["group_send", "group_send_multiple", "send", "send_multiple"]
 
 
 def send(channel: str, message: dict[str, Any], alias: str = DEFAULT_CHANNEL_LAYER) -> None:
@@ -47,6 +48,22 @@ def send(channel: str, message: dict[str, Any], alias: str = DEFAULT_CHANNEL_LAY
 def group_send(group: str, message: dict[str, Any], alias: str = DEFAULT_CHANNEL_LAYER) -> None:
     """Send ``message`` to every channel of ``group`` on the layer ``alias``."""
     _call("group_send", alias, group, message)
+
+
+def send_multiple(
+    channel: str, messages: Sequence[dict[str, Any]], alias: str = DEFAULT_CHANNEL_LAYER
+) -> None:
+    """Queue ``messages`` on ``channel`` in order, all or none (the layer's
+    ``send_multiple``; this package's layers have it, other backends may not)."""
+    _call("send_multiple", alias, channel, messages)
+
+
+def group_send_multiple(
+    group: str, messages: Sequence[dict[str, Any]], alias: str = DEFAULT_CHANNEL_LAYER
+) -> None:
+    """Send every member of ``group`` all of ``messages``, in order (the layer's
+    ``group_send_multiple``)."""
+    _call("group_send_multiple", alias, group, messages)
 
 
 _resolved_lock = threading.Lock()

@@ -144,6 +144,29 @@ def test_the_layer_is_the_one_of_the_alias(valkey_server: ValkeyServer) -> None:
         assert valkey_server.client().exists("asgijobs", "eventsjobs") == 0  # both queues taken
 
 
+def test_bulk_sends_from_sync_code_arrive_in_order(valkey_server: ValkeyServer) -> None:
+    valkey_server.flushall()
+    setting = {"default": {"BACKEND": BACKENDS["core"], "CONFIG": {"hosts": [valkey_server.url]}}}
+    with override_settings(CHANNEL_LAYERS=setting):
+        layer = channel_layers["default"]
+
+        async def member() -> str:
+            channel: str = await layer.new_channel()
+            await layer.group_add("room", channel)
+            return channel
+
+        channel = asyncio.run(member())
+        sync.send_multiple("jobs", [{"type": "m", "n": n} for n in range(5)])
+        sync.group_send_multiple("room", [{"type": "m", "n": n} for n in range(5)])
+
+        async def receive_all() -> tuple[list[int], list[int]]:
+            jobs = [(await layer.receive("jobs"))["n"] for _ in range(5)]
+            room = [(await layer.receive(channel))["n"] for _ in range(5)]
+            return jobs, room
+
+        assert asyncio.run(receive_all()) == (list(range(5)), list(range(5)))
+
+
 @pytest.mark.parametrize("kind", sorted(BACKENDS))
 @pytest.mark.parametrize(
     "topology", ["standalone", "sharded", "sentinel", "cluster"], indirect=True
