@@ -203,3 +203,21 @@ def hosts(topology: Topology) -> list[Any]:
 def topology_servers(topology: Topology) -> list[ValkeyServer]:
     """The ``ValkeyServer`` primaries behind ``hosts``, in the same order."""
     return topology.servers
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """After a failure, say how to replay this test order.
+
+    The order is random (pytest-randomly), and its seed is printed only in the header, which
+    ``-q`` hides and a long log scrolls away; a failure that depends on the order is only
+    reproducible with it.
+    """
+    seed = getattr(config.option, "randomly_seed", None)
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) or seed is None:
+        return
+    if not isinstance(seed, int):  # "last"/"default" are resolved to an int by the plugin
+        return
+    terminalreporter.write_line(
+        f"The tests ran in a random order; to replay it, add --randomly-seed={seed} "
+        "to the same command"
+    )

@@ -14,6 +14,12 @@ Each user key (``str`` is UTF-8 encoded) becomes the Fernet key
 
 ``serialize`` and ``deserialize`` run for every message, so they are kept to a few attribute
 lookups; the expensive work of explaining a bad message happens only once encoding has failed.
+
+Code written for ``channels_redis`` 4.x or for the older ``channels_valkey`` 0.x keeps working:
+the names they import from this module exist here too (``SerializersRegistry`` is
+``SerializerRegistry``, ``SerializerDoesNotExist`` is importable from here), and a serializer
+that overrides ``serialize``/``deserialize`` finds the encryption where their documentation
+says, in ``self.crypter``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ __all__ = [
     "JSONSerializer",
     "MessageSerializer",
     "MsgPackSerializer",
+    "SerializerDoesNotExist",
     "SerializerRegistry",
+    "SerializersRegistry",
     "registry",
 ]
 
@@ -97,7 +105,14 @@ class BaseMessageSerializer(abc.ABC):
 
     ``expiry``: the layer's message expiry in seconds. Encrypted messages older than
     ``expiry + 10`` seconds are rejected when read. It is validated by the layer, not here.
+
+    ``crypter``: the ``cryptography`` ``MultiFernet`` built from the keys, or ``None`` without
+    keys. A subclass that overrides ``serialize``/``deserialize`` itself encrypts with
+    ``self.crypter.encrypt(data)`` and decrypts with ``self.crypter.decrypt(data)``, as the
+    documentation of ``channels_redis`` and ``channels_valkey`` 0.x tells it to.
     """
+
+    crypter: Any
 
     def __init__(
         self,
@@ -117,7 +132,7 @@ class BaseMessageSerializer(abc.ABC):
         self._prefix_length = random_prefix_length
         self._expiry = expiry
         self._ttl = None if expiry is None else expiry + _TTL_SLACK_SECONDS
-        self._crypter = _make_crypter(symmetric_encryption_keys)
+        self.crypter = _make_crypter(symmetric_encryption_keys, self.make_fernet)
         # Cached bound methods: saves building one per message.
         self._as_bytes: Callable[[dict[str, Any]], bytes] = self.as_bytes
         self._from_bytes: Callable[[bytes], dict[str, Any]] = self.from_bytes
@@ -131,6 +146,25 @@ class BaseMessageSerializer(abc.ABC):
     def expiry(self) -> int | None:
         """The expiry this serializer was built with (``None``: tokens never expire)."""
         return self._expiry
+
+    def make_fernet(self, key: str | bytes) -> Any:
+        """The ``Fernet`` that one key of ``symmetric_encryption_keys`` stands for.
+
+        ``crypter`` is made of these, one per key. The method exists, and is called for each
+        key, because ``channels_redis`` and ``channels_valkey`` 0.x do so: a subclass written
+        for them may override it or call it.
+        """
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        elif not isinstance(key, bytes):
+            raise ConfigurationError(
+                f"an encryption key must be a str or bytes, not {type(key).__name__}"
+            )
+        try:
+            from cryptography.fernet import Fernet
+        except ImportError as exc:
+            raise ConfigurationError(_CRYPTOGRAPHY_MISSING) from exc
+        return Fernet(base64.urlsafe_b64encode(hashlib.sha256(key).digest()))
 
     @abc.abstractmethod
     def as_bytes(self, message: dict[str, Any]) -> bytes:
@@ -146,7 +180,7 @@ class BaseMessageSerializer(abc.ABC):
         Raises ``SerializationError`` (built-in formats) when a value cannot be encoded.
         """
         payload = self._as_bytes(message)
-        crypter = self._crypter
+        crypter = self.crypter
         if crypter is not None:
             payload = crypter.encrypt(payload)
         n = self._prefix_length
@@ -164,7 +198,7 @@ class BaseMessageSerializer(abc.ABC):
         n = self._prefix_length
         if n:
             data = data[n:]
-        crypter = self._crypter
+        crypter = self.crypter
         if crypter is not None:
             data = crypter.decrypt(data, self._ttl)
         return self._from_bytes(data)
@@ -261,8 +295,12 @@ class SerializerRegistry:
                 )
         self._registry[format] = serializer_class
 
-    def get_serializer(self, format: str, **kwargs: Any) -> MessageSerializer:
-        """Build the serializer registered as ``format`` with the given keyword arguments."""
+    def get_serializer(self, format: str, *args: Any, **kwargs: Any) -> MessageSerializer:
+        """Build the serializer registered as ``format`` with the given arguments.
+
+        The layers pass keywords only; positional ones are passed on because
+        ``channels_redis``' registry allows them.
+        """
         try:
             serializer_class = self._registry[format]
         except KeyError:
@@ -270,17 +308,22 @@ class SerializerRegistry:
             raise SerializerDoesNotExist(
                 f"no serializer registered for format {format!r}; registered formats: {known}"
             ) from None
-        instance: MessageSerializer = serializer_class(**kwargs)
+        instance: MessageSerializer = serializer_class(*args, **kwargs)
         return instance
 
+
+#: The name ``channels_redis`` 4.x and ``channels_valkey`` 0.x give the registry class.
+SerializersRegistry = SerializerRegistry
 
 registry = SerializerRegistry()
 registry.register_serializer("msgpack", MsgPackSerializer)
 registry.register_serializer("json", JSONSerializer)
 
 
-def _make_crypter(keys: Sequence[str | bytes] | None) -> Any:
-    """Return a MultiFernet for ``keys``, or None when no keys are given.
+def _make_crypter(
+    keys: Sequence[str | bytes] | None, make_fernet: Callable[[str | bytes], Any]
+) -> Any:
+    """Return a MultiFernet of ``make_fernet(key)`` for ``keys``, or None when no keys are given.
 
     ``cryptography`` is imported only here, so the package works without it until encryption
     is asked for.
@@ -299,25 +342,19 @@ def _make_crypter(keys: Sequence[str | bytes] | None) -> Any:
         )
     if not keys:
         return None
-    raw_keys: list[bytes] = []
     for index, key in enumerate(keys):
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        elif not isinstance(key, bytes):
+        if not isinstance(key, (str, bytes)):
             raise ConfigurationError(
                 f"symmetric_encryption_keys[{index}] must be a str or bytes, "
                 f"not {type(key).__name__}"
             )
         if not key:
             raise ConfigurationError(f"symmetric_encryption_keys[{index}] is empty")
-        raw_keys.append(key)
     try:
-        from cryptography.fernet import Fernet, MultiFernet
+        from cryptography.fernet import MultiFernet
     except ImportError as exc:
         raise ConfigurationError(_CRYPTOGRAPHY_MISSING) from exc
-    return MultiFernet(
-        [Fernet(base64.urlsafe_b64encode(hashlib.sha256(key).digest())) for key in raw_keys]
-    )
+    return MultiFernet([make_fernet(key) for key in keys])
 
 
 # --- explaining a message that cannot be encoded (error path only) --------------------------

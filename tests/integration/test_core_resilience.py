@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 import pytest
+from valkey.asyncio.connection import AbstractConnection
 
 from channels_valkey import _client, _retry
 from channels_valkey.core import ValkeyChannelLayer
@@ -158,11 +159,17 @@ async def test_wait_for_replicas_without_a_replica_raises_not_replicated(
 
 
 async def test_a_send_cancelled_in_flight_leaves_no_answer_behind(
-    valkey_server: ValkeyServer,
+    valkey_server: ValkeyServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server holds writes back (``CLIENT PAUSE``) while a send is cancelled with its
     command on the wire: the commands after it must still read their own answers, not the
-    cancelled one's (a group_send reading a send's answer would fail)."""
+    cancelled one's (a group_send reading a send's answer would fail).
+
+    The cancel is delivered once the send waits for its answer, an event this process
+    observes, rather than as soon as the server holds the command: between the two, valkey-py
+    is still finishing the write inside ``asyncio.wait_for``, which before Python 3.12 drops a
+    cancel that lands just as the write completes (CPython gh-86296), so the send would run on.
+    """
     valkey_server.flushall()
     admin = valkey_server.client()
     layer = ValkeyChannelLayer(hosts=[valkey_server.url])
@@ -170,18 +177,33 @@ async def test_a_send_cancelled_in_flight_leaves_no_answer_behind(
     for member in members:
         await layer.group_add("answers", member)
     inbox = await layer.new_channel()
+
+    reading = asyncio.Event()
+    read_response = AbstractConnection.read_response
+
+    async def noting_the_read(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        return await read_response(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "read_response", noting_the_read)
+
+    def send_held() -> bool:
+        return any(c["cmd"] == "evalsha" and "b" in c["flags"] for c in admin.client_list())
+
     for n in range(5):
-        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
-        task = asyncio.create_task(layer.send(inbox, {"type": "m", "n": n}))
-
-        def send_held() -> bool:
-            return any(c["cmd"] == "evalsha" and "b" in c["flags"] for c in admin.client_list())
-
-        await asyncio.to_thread(wait_for, send_held, timeout=5, describe="the send to be held")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        admin.execute_command("CLIENT", "UNPAUSE")
+        # Unpaused explicitly below; the timeout only frees the shared server should this
+        # test stop half-way.
+        admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            reading.clear()
+            task = asyncio.create_task(layer.send(inbox, {"type": "m", "n": n}))
+            await asyncio.to_thread(wait_for, send_held, timeout=30, describe="the send held")
+            await asyncio.wait_for(reading.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
         await layer.group_send("answers", {"type": "g", "n": n})
         for member in members:
             assert (await receive(layer, member))["n"] == n
