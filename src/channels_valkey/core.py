@@ -634,13 +634,28 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _deliver_local(self, shard: QueueServer, queue: str, batch: list[Popped]) -> bool:
         """Hand on what was popped from this process's queue. Nobody else reads that queue,
-        so what this process cannot decode is kept aside in Valkey for inspection."""
+        so what this process cannot decode is kept aside in Valkey for inspection, before
+        the rest is handed on (so it is there by the time a later message is received)."""
+        decoded: list[tuple[Popped, Message]] = []
         undecodable: list[Popped] = []
         for popped in batch:
             message = self._decode(popped, queue)
             if message is None:
                 undecodable.append(popped)
-                continue
+            else:
+                decoded.append((popped, message))
+        if undecodable:
+            items = [(popped.sent_at, popped.payload) for popped in undecodable]
+            try:
+                await shard.requeue(self._keys.undecodable(queue), self.expiry, items)
+            except Exception as error:  # the rest of the batch must still be handed on
+                logger.warning(
+                    "Could not keep %d undecodable message(s) of %s aside: %s",
+                    len(items),
+                    queue,
+                    error,
+                )
+        for popped, message in decoded:
             targets = message.pop(RESERVED_KEY, None)
             if isinstance(targets, str):
                 self._mailbox.offer(targets, queue, popped.sent_at, message, keep=True)
@@ -649,9 +664,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     self._mailbox.offer(target, queue, popped.sent_at, dict(message), keep=True)
             else:
                 logger.warning("Dropped a message without %s in a process queue", RESERVED_KEY)
-        if undecodable:
-            items = [(popped.sent_at, popped.payload) for popped in undecodable]
-            await shard.requeue(self._keys.undecodable(queue), self.expiry, items)
         return True
 
     async def _deliver_normal(
