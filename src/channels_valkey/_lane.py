@@ -41,32 +41,10 @@ class Lane:
         self._closed = False
 
     async def execute_command(self, *args: Any) -> Any:
-        """Send one command and return its reply; after a connection error, reconnect and
-        send it again until the policy's deadline, then raise that error."""
-        connection = self._free.pop() if self._free else self._new_connection()
-        packed = connection.pack_command(*args)
-        started = time.monotonic()  # the deadline counts from the command's first attempt
-        outage: Outage | None = None
-        try:
-            while True:
-                try:
-                    await connection.send_packed_command(packed, check_health=False)
-                    reply = await connection.read_response()
-                    break
-                except TRANSIENT_ERRORS:
-                    await connection.disconnect()
-                    outage = outage or Outage(started)
-                    delay = outage.next_pause()
-                    if delay is None:
-                        raise
-                await asyncio.sleep(delay)
-        except ResponseError:  # a whole answer, an error one: the connection is fine
-            await self._give_back(connection)
-            raise
-        except BaseException:
-            await connection.disconnect()
-            raise
-        await self._give_back(connection)
+        """Send one command and return its reply (an error reply raised as its exception)."""
+        (reply,) = await self._exchange([args])
+        if isinstance(reply, ResponseError):
+            raise reply
         return reply
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -74,20 +52,23 @@ class Lane:
         ``MULTI``) and return their replies in order, an error reply as its exception. They
         run in the order given; after a connection error all are sent again, like one
         command."""
+        return await self._exchange(commands)
+
+    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` at once and read their replies. After a connection error,
+        reconnect and send them again until the policy's deadline, then raise that error."""
         connection = self._free.pop() if self._free else self._new_connection()
-        packed = connection.pack_commands(commands)
-        started = time.monotonic()
+        if len(commands) == 1:
+            packed = connection.pack_command(*commands[0])
+        else:
+            packed = connection.pack_commands(commands)
+        started = time.monotonic()  # the deadline counts from the first attempt
         outage: Outage | None = None
         try:
             while True:
                 try:
                     await connection.send_packed_command(packed, check_health=False)
-                    replies: list[Any] = []
-                    for _ in commands:
-                        try:
-                            replies.append(await connection.read_response())
-                        except ResponseError as error:  # a whole answer: read on
-                            replies.append(error)
+                    replies = [await _read_reply(connection) for _ in commands]
                     break
                 except TRANSIENT_ERRORS:
                     await connection.disconnect()
@@ -123,3 +104,12 @@ class Lane:
         self._closed = True
         while self._free:
             await self._free.pop().disconnect()
+
+
+async def _read_reply(connection: AbstractConnection) -> Any:
+    """One reply; an error reply is a whole answer, returned as its exception, and leaves the
+    connection in step for the next."""
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error

@@ -387,9 +387,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         members, dead = await self._live_members(resources, group, now)
         plan = plan_group_send(members, self._keys, self.ring_size, self.get_capacity)
         sends = [write(resources.shards[index], writes, now) for index, writes in plan.items()]
-        results, _ = await asyncio.gather(
-            asyncio.gather(*sends), self._forget_dead(resources, group, dead)
-        )
+        if len(sends) == 1 and not dead:
+            results = [await sends[0]]  # the common case, without a task per send
+        else:
+            results, _ = await asyncio.gather(
+                asyncio.gather(*sends), self._forget_dead(resources, group, dead)
+            )
         full = 0
         for writes, skipped in zip(plan.values(), results, strict=True):
             full += sum(len(writes[i].local_channels) or 1 for i in skipped)
