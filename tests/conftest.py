@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any
 
 import pytest
 from valkey._parsers import _AsyncRESP2Parser
 
+from channels_valkey.core import ValkeyChannelLayer
 from cluster import ValkeyClusterGroup
 from servers import SentinelGroup, Topology, ValkeyServer
 
@@ -221,3 +222,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"The tests ran in a random order; to replay it, add --randomly-seed={seed} "
         "to the same command"
     )
+
+
+@pytest.fixture
+async def make_layer(hosts: list[Any]) -> AsyncIterator[Callable[..., ValkeyChannelLayer]]:
+    """Build layers on the current topology; each is flushed and closed afterwards."""
+    layers: list[ValkeyChannelLayer] = []
+
+    def make(**options: Any) -> ValkeyChannelLayer:
+        layer = ValkeyChannelLayer(hosts=hosts, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        await layer.flush()
+        await layer.close()

@@ -18,30 +18,12 @@ from cryptography.fernet import Fernet
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from channels_valkey.serializers import BaseMessageSerializer, registry
+from channels_valkey.serializers import registry
+from compat_serializer import OwnCryptoJSON
 from servers import ValkeyServer
 
 RECEIVE_TIMEOUT = 10
 KEYS = {"plain": None, "encrypted": ["secret"]}
-
-
-class OwnCryptoJSON(BaseMessageSerializer):
-    def as_bytes(self, message: dict[str, Any]) -> bytes:
-        return json.dumps(message).encode("utf-8")
-
-    def from_bytes(self, data: bytes) -> dict[str, Any]:
-        return json.loads(data)  # type: ignore[no-any-return]
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        data = self.as_bytes(message)
-        if self.crypter:
-            data = self.crypter.encrypt(data)
-        return data
-
-    def deserialize(self, data: bytes) -> dict[str, Any]:
-        if self.crypter:
-            data = self.crypter.decrypt(data)
-        return self.from_bytes(data)
 
 
 @pytest.fixture

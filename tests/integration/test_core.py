@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,22 +22,6 @@ from channels_valkey.core import ValkeyChannelLayer
 from servers import Topology
 
 RECEIVE_TIMEOUT = 5
-
-
-@pytest.fixture
-async def make_layer(hosts: list[Any]) -> AsyncIterator[Callable[..., ValkeyChannelLayer]]:
-    """Build layers on the current topology; each is flushed and closed afterwards."""
-    layers: list[ValkeyChannelLayer] = []
-
-    def make(**options: Any) -> ValkeyChannelLayer:
-        layer = ValkeyChannelLayer(hosts=hosts, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        await layer.flush()
-        await layer.close()
 
 
 async def receive(layer: ValkeyChannelLayer, channel: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,22 +28,6 @@ SILENCE_TIMEOUT = 0.3
 SENDER_COMMANDS = {"evalsha", "eval", "zrangebyscore", "script|load"}
 
 standalone_only = pytest.mark.parametrize("topology", ["standalone"], indirect=True)
-
-
-@pytest.fixture
-async def make_layer(hosts: list[Any]) -> AsyncIterator[Callable[..., ValkeyChannelLayer]]:
-    """Build layers on the current topology; each is flushed and closed afterwards."""
-    layers: list[ValkeyChannelLayer] = []
-
-    def make(**options: Any) -> ValkeyChannelLayer:
-        layer = ValkeyChannelLayer(hosts=hosts, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        await layer.flush()
-        await layer.close()
 
 
 async def receive(layer: ValkeyChannelLayer, channel: str) -> dict[str, Any]:

@@ -22,34 +22,13 @@ from channels_valkey.serializers import (
     SerializersRegistry,
     registry,
 )
+from compat_serializer import OwnCryptoJSON
 
 
 def fernet_for(key: str | bytes) -> Fernet:
     """The key derivation of the wire format, written out independently."""
     raw = key.encode("utf-8") if isinstance(key, str) else key
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest()))
-
-
-class OwnCryptoJSON(BaseMessageSerializer):
-    """Written as the 0.x documentation says: ``serialize``/``deserialize`` overridden, and
-    encryption done with ``self.crypter`` when keys are given."""
-
-    def as_bytes(self, message: dict[str, Any]) -> bytes:
-        return json.dumps(message).encode("utf-8")
-
-    def from_bytes(self, data: bytes) -> dict[str, Any]:
-        return json.loads(data)  # type: ignore[no-any-return]
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        data = self.as_bytes(message)
-        if self.crypter:
-            data = self.crypter.encrypt(data)
-        return data
-
-    def deserialize(self, data: bytes) -> dict[str, Any]:
-        if self.crypter:
-            data = self.crypter.decrypt(data)
-        return self.from_bytes(data)
 
 
 def test_every_old_name_imports_from_the_serializers_module() -> None:
