@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -129,7 +130,10 @@ def release_dead(connection: Any) -> None:
 
 
 class PerLoop(Generic[Owned]):
-    """Finds, or makes with ``make(on_closed)``, the object of the running loop."""
+    """Finds, or makes with ``make(on_closed)``, the object of the running loop.
+
+    Loops of several threads use one layer (the server's, ``async_to_sync`` calls, the
+    background loop of ``sync``), so changes to the registry and the sweep take a lock."""
 
     def __init__(
         self,
@@ -141,19 +145,23 @@ class PerLoop(Generic[Owned]):
         self._make = make
         self._on_dead_loop = on_dead_loop
         self._abandoned_log = RateLimitedLog(logger)
+        self._lock = threading.RLock()  # re-entered: abandon() forgets its own entry
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Owned] = (
             weakref.WeakKeyDictionary()
         )
 
     def current(self) -> Owned:
         loop = asyncio.get_running_loop()
-        if len(self._by_loop) > 1 or loop not in self._by_loop:
-            self._sweep()
         owned = self._by_loop.get(loop)
-        if owned is None:
-            # A weak reference: the entry must not keep its own key (the loop) alive.
-            owned = self._make(partial(self._forget, weakref.ref(loop)))
-            self._by_loop[loop] = owned
+        if owned is not None and len(self._by_loop) == 1:
+            return owned  # the common case: one loop, alive since it is running
+        with self._lock:
+            self._sweep()
+            owned = self._by_loop.get(loop)
+            if owned is None:
+                # A weak reference: the entry must not keep its own key (the loop) alive.
+                owned = self._make(partial(self._forget, weakref.ref(loop)))
+                self._by_loop[loop] = owned
         return owned
 
     def _sweep(self) -> None:
@@ -176,7 +184,8 @@ class PerLoop(Generic[Owned]):
     def _forget(self, loop_ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
         loop = loop_ref()
         if loop is not None:
-            self._by_loop.pop(loop, None)
+            with self._lock:
+                self._by_loop.pop(loop, None)
 
     async def close_current(self) -> None:
         owned = self.existing()

@@ -130,6 +130,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._removal_log = RateLimitedLog(logger)
         #: (shard index, wake key) of pops that loops closed without cleanup left behind.
         self._dead_pops: list[tuple[int, str]] = []
+        #: Loops closed without cleanup whose receive() calls the mailbox still lists.
+        self._dead_loops: list[asyncio.AbstractEventLoop] = []
         # receive() serves one event loop at a time: the mailbox's futures belong to it.
         self._receive_loop: asyncio.AbstractEventLoop | None = None
         self._receiving = 0
@@ -228,6 +230,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         resources = await self._resources()
         loop = asyncio.get_running_loop()
         self._enter_receive(loop)
+        while self._dead_loops:
+            self._mailbox.forget_loop(self._dead_loops.pop())
         if is_process_local(channel):
             self._keep_alive(resources)
         try:
@@ -546,9 +550,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _forget_loop(self, loop: asyncio.AbstractEventLoop, resources: LoopResources) -> None:
         """``loop`` was closed without cleanup: its receive() calls will never return (what
-        they were handed goes to the next receive() on any loop), and its readers' pops may
-        still block on the servers (the next operation ends them, see ``_resources``)."""
-        self._mailbox.forget_loop(loop)
+        they were handed goes to the next receive() on any loop, which also unregisters them
+        from the mailbox, in its own thread), and its readers' pops may still block on the
+        servers (the next operation ends them, see ``_resources``)."""
+        self._dead_loops.append(loop)
         self._dead_pops += [
             (index, reader.wake_key) for (index, _), reader in resources.readers.items()
         ]
