@@ -57,6 +57,7 @@ _KEYWORDS = {
 }
 _LABEL_NAME = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
 _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(.*)\s*,\s*([A-Za-z_]\w*)\s*\)\s*$", re.DOTALL)
+_LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]")
 
 
@@ -136,18 +137,24 @@ def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])  # a collapsed row keeps its panels inside
 
 
-def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel query and every label_values variable."""
-    for panel in all_panels(dashboard):
-        for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+def label_values_variables(dashboard: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(name, series selector, label) of every ``label_values(selector, label)`` variable."""
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]
             text = query if isinstance(query, str) else query["query"]
             match = _LABEL_VALUES.match(text)
             assert match, f"variable {variable['name']}: not a label_values query: {text}"
-            yield f"variable {variable['name']}", match.group(1)
+            yield variable["name"], match.group(1), match.group(2)
+
+
+def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every panel query and every label_values variable."""
+    for panel in all_panels(dashboard):
+        for target in panel.get("targets", []):
+            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+    for name, selector, _label in label_values_variables(dashboard):
+        yield f"variable {name}", selector
 
 
 def queried_metrics(dashboard: dict[str, Any]) -> dict[str, set[str]]:
@@ -211,9 +218,25 @@ def test_every_exported_counter_is_on_a_panel(exported: dict[str, set[str]]) -> 
 
 
 def test_queries_use_only_labels_the_series_have(exported: dict[str, set[str]]) -> None:
+    dashboard = load()
     available = set.union(*exported.values()) | TARGET_LABELS
-    for where, expr in queries(load()):
+    assert "layer" in available
+    for where, expr in queries(dashboard):
         assert label_names(expr) <= available, f"{where}: {expr}"
+    for name, _selector, label in label_values_variables(dashboard):
+        assert label in available, f"variable {name} lists values of {label!r}"
+
+
+def test_legends_name_labels_the_query_keeps() -> None:
+    for panel in all_panels(load()):
+        for target in panel.get("targets", []):
+            legend = set(_LEGEND.findall(target.get("legendFormat", "")))
+            kept = {
+                name.strip()
+                for grouping in _GROUPING.findall(_STRING.sub('""', target["expr"]))
+                for name in grouping.split(",")
+            }
+            assert legend <= kept, f"{panel['title']!r}: legend {legend}, query keeps {kept}"
 
 
 def test_the_checks_catch_a_wrong_or_a_missing_metric(exported: dict[str, set[str]]) -> None:
