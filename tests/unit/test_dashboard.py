@@ -57,6 +57,7 @@ _KEYWORDS = {
 }
 _LABEL_NAME = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
 _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(.*)\s*,\s*([A-Za-z_]\w*)\s*\)\s*$", re.DOTALL)
+_BY = re.compile(r"\bby\s*\(([^()]*)\)", re.IGNORECASE)
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]")
 
@@ -228,12 +229,13 @@ def test_queries_use_only_labels_the_series_have(exported: dict[str, set[str]]) 
 
 
 def test_legends_name_labels_the_query_keeps() -> None:
+    """A legend's ``{{label}}`` is one its query's ``sum by (...)`` keeps, or it shows blank."""
     for panel in all_panels(load()):
         for target in panel.get("targets", []):
             legend = set(_LEGEND.findall(target.get("legendFormat", "")))
             kept = {
                 name.strip()
-                for grouping in _GROUPING.findall(_STRING.sub('""', target["expr"]))
+                for grouping in _BY.findall(_STRING.sub('""', target["expr"]))
                 for name in grouping.split(",")
             }
             assert legend <= kept, f"{panel['title']!r}: legend {legend}, query keeps {kept}"
