@@ -318,15 +318,18 @@ def _row(stat: KeyStat, frame: Frame, header: Sequence[str]) -> list[str]:
 
 
 def fit(rows: list[list[str]], width: int) -> list[list[str]]:
-    """The rows with names (the first column) shortened, ending in ``...``, so that the table
-    is no wider than ``width``."""
+    """The rows with names (the first column) shortened in the middle, so that the table is no
+    wider than ``width``: both ends stay, and a process queue's end is its process's id."""
     others = sum(max(len(row[i]) for row in rows) + 2 for i in range(1, len(rows[0])))
     room = max(width - others, 8)
     return [[_shorten(row[0], room), *row[1:]] for row in rows]
 
 
 def _shorten(name: str, room: int) -> str:
-    return name if len(name) <= room else name[: room - 3] + "..."
+    if len(name) <= room:
+        return name
+    back = (room - 3) // 2
+    return f"{name[: room - 3 - back]}...{name[-back:]}"
 
 
 def _footer(frame: Frame) -> list[str]:
