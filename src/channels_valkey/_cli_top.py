@@ -113,13 +113,14 @@ async def take(entries: Sequence[Entry], keys: KeySpace, max_keys: int) -> Snaps
             links += await entry.links()
         except FAILURES as error:
             snapshot.inventory.errors.append(f"{entry.host.describe()}: {describe_error(error)}")
-    await asyncio.gather(*(_read_server(link, keys, max_keys, snapshot) for link in links))
+    reads = (_read_server(link, keys, max_keys, snapshot) for link in links)
+    snapshot.servers = list(await asyncio.gather(*reads))
     await _read_liveness(links, snapshot)
     snapshot.taken_at = time.monotonic()
     return snapshot
 
 
-async def _read_server(link: Link, keys: KeySpace, max_keys: int, snapshot: Snapshot) -> None:
+async def _read_server(link: Link, keys: KeySpace, max_keys: int, snapshot: Snapshot) -> ServerInfo:
     snapshot.inventory.servers.append(link.address)
     try:
         info, capped = await asyncio.gather(
@@ -128,11 +129,10 @@ async def _read_server(link: Link, keys: KeySpace, max_keys: int, snapshot: Snap
         )
     except FAILURES as error:
         snapshot.inventory.errors.append(f"{link.address}: {describe_error(error)}")
-        snapshot.servers.append(ServerInfo(link.address))
-        return
-    snapshot.servers.append(server_info(link.address, info))
+        return ServerInfo(link.address)
     if capped:
         snapshot.capped.append(link.address)
+    return server_info(link.address, info)
 
 
 async def _scan(link: Link, keys: KeySpace, max_keys: int, inventory: Inventory) -> bool:
@@ -233,7 +233,7 @@ def render(frame: Frame, width: int = 80, height: int = 24) -> list[str]:
     """The frame as at most ``height`` lines of at most ``width`` characters: the servers,
     then the deepest queues, process queues and biggest groups, as many of each as fit."""
     snapshot = frame.snapshot
-    many = len(snapshot.inventory.servers) > 1
+    many = len(snapshot.servers) > 1
     head = [frame.title, "", *_server_lines(snapshot.servers), ""]
     foot = _footer(frame)
     sections = [
@@ -256,9 +256,12 @@ def _server_lines(servers: Sequence[ServerInfo]) -> list[str]:
     def show(value: object) -> str:
         return "?" if value is None else str(value)
 
-    rows = [("SERVER", "OPS/S", "CLIENTS", "MEMORY")]
-    rows += [(s.address, show(s.ops_per_sec), show(s.clients), show(s.memory)) for s in servers]
-    return table(rows, right=(1, 2, 3))
+    rows = [("#", "SERVER", "OPS/S", "CLIENTS", "MEMORY")]
+    rows += [
+        (str(number), s.address, show(s.ops_per_sec), show(s.clients), show(s.memory))
+        for number, s in enumerate(servers, 1)
+    ]
+    return table(rows, right=(0, 2, 3, 4))
 
 
 def _of_kind(snapshot: Snapshot, kind: str) -> list[KeyStat]:
@@ -297,7 +300,7 @@ def _section(
     if label == "PROCESS QUEUE":
         header.append("PROCESS")
     if many:
-        header.append("SERVER")
+        header.append("#")
     rows = [header] + [_row(stat, frame, header) for stat in stats]
     return table(fit(rows, width), right=(1, 2, 3))
 
@@ -312,8 +315,9 @@ def _row(stat: KeyStat, frame: Frame, header: Sequence[str]) -> list[str]:
     ]
     if "PROCESS" in header:
         row.append(frame.snapshot.liveness.get(process_of(stat.name) or "", "-"))
-    if "SERVER" in header:
-        row.append(stat.server)
+    if header[-1] == "#":  # the server, by its number in the servers' table
+        numbers = {server.address: n for n, server in enumerate(frame.snapshot.servers, 1)}
+        row.append(str(numbers.get(stat.server, "?")))
     return row
 
 

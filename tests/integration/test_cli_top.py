@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import fill, hosts_args
 
 from channels_valkey._cli import main
+from channels_valkey._cli_table import plural
 from channels_valkey.core import ValkeyChannelLayer
-from servers import ValkeyServer, free_port
+from servers import Topology, ValkeyServer, free_port
 
 #: How long the terminal may take to show what the test waits for.
 BOUND = 30.0
@@ -85,7 +87,7 @@ def test_once_prints_one_frame_of_queues_processes_groups_and_servers(
     stats = server.commandstats()
 
     assert out.startswith("channels-valkey top  prefix 'asgi'  1 server  every 1s")
-    _, ops, clients, memory = cells(out, server.url)
+    _, _, ops, clients, memory = cells(out, "1")
     assert int(ops) >= 0
     assert int(clients) >= 1  # top itself at least
     assert memory[-1] in "BKMG"
@@ -256,3 +258,24 @@ def test_live_view_in_a_terminal_follows_traffic_and_quits_on_ctrl_c(
     assert terminal.tmux(
         "display-message", "-p", "-t", "top", "#{alternate_on} #{cursor_flag}"
     ).split() == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "topology", ["standalone", "sharded", "unix", "tls", "sentinel", "cluster"], indirect=True
+)
+def test_once_on_every_topology(topology: Topology, capsys: pytest.CaptureFixture[str]) -> None:
+    asyncio.run(fill(topology.hosts))
+    code, out, err = run_cli(capsys, "top", "--once", *hosts_args(topology.hosts))
+    assert code == 0, err
+    servers = 3 if topology.name in ("sharded", "cluster") else 1
+    assert out.startswith(f"channels-valkey top  prefix 'asgi'  {plural(servers, 'server')}")
+    server_rows = [line for line in out.splitlines() if line.endswith(("B", "K", "M", "G"))]
+    assert len(server_rows) == servers
+    depth = sum(int(row[1]) for row in all_cells(out, "chat.room"))
+    assert depth == 3  # a normal channel's messages take the shards in turn
+    assert cells(out, "room")[1] == "2"
+    assert cells(out, "lobby")[1] == "1"
+
+
+def all_cells(out: str, name: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line.split(" ")[0] == name]

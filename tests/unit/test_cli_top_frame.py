@@ -33,8 +33,8 @@ def snapshot(*stats: KeyStat, at: float = 10.0, servers: tuple[str, ...] = (SERV
 
 
 def row(lines: list[str], name: str) -> list[str]:
-    """The cells of the row that starts with ``name``."""
-    return next(line.split() for line in lines if line.startswith(name + " "))
+    """The cells of the row whose first cell is ``name``."""
+    return next(line.split() for line in lines if line.split()[:1] == [name])
 
 
 def frame(current: Snapshot, previous: Snapshot | None = None, max_keys: int = 10_000) -> Frame:
@@ -52,7 +52,7 @@ def test_a_frame_shows_servers_queues_processes_and_groups() -> None:
     current.liveness = {"abc": ALIVE, "old": DEAD}
     previous = snapshot(queue("chat.room", 50), queue("chat.lobby", 3), at=8.0)
     lines = render(frame(current, previous))
-    assert row(lines, SERVER) == [SERVER, "1200", "7", "1.50M"]
+    assert row(lines, "1") == ["1", SERVER, "1200", "7", "1.50M"]
     assert row(lines, "chat.room") == ["chat.room", "40", "2.5s", "-5.0"]  # (40 - 50) / 2 s
     assert row(lines, "chat.lobby") == ["chat.lobby", "3", "2.5s", "+0.0"]
     # The process queues were not there the refresh before, which saw every key: they grew.
@@ -91,13 +91,17 @@ def test_rates_are_unknown_for_new_keys_after_a_partial_refresh() -> None:
     assert "partial view: stopped after 1000 keys scanned on 1 server (--max-keys)" in text
 
 
-def test_several_servers_add_a_server_column_and_errors_show() -> None:
+def test_several_servers_are_numbered_and_rows_say_which_and_errors_show() -> None:
     other = "valkey://127.0.0.1:6380"
     current = snapshot(queue("a", 1), queue("a", 2, server=other), servers=(SERVER, other))
     current.inventory.errors.append(f"{other}: Connection refused")
     lines = render(frame(current))
-    assert row(lines, "QUEUE")[-1] == "SERVER"
-    assert row(lines, "a") == ["a", "2", "2.5s", "-", other]
+    assert row(lines, "QUEUE")[-1] == "#"
+    assert row(lines, "2") == ["2", other, "1200", "7", "1.50M"]
+    assert [line.split() for line in lines if line.startswith("a ")] == [
+        ["a", "2", "2.5s", "-", "2"],
+        ["a", "1", "2.5s", "-", "1"],
+    ]
     text = "\n".join(lines)
     assert f"error: {other}: Connection refused" in text
 
