@@ -354,7 +354,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="N",
         help="keys scanned per server per refresh, at most (default: 10000)",
     )
-    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (its rates show '-': a rate needs two refreshes)",
+    )
     top.set_defaults(run=run_top)
     return parser
 

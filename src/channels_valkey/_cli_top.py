@@ -1,9 +1,11 @@
 """``top``: what ``inspect`` shows, redrawn every ``--interval`` seconds in a terminal.
 
-Each refresh is one ``inspect`` walk (its ``SCAN`` pages and its per-page reads are reused,
-not repeated here) plus, per server, one ``INFO stats clients memory``; the depth of each key
-is compared with the previous refresh to give its rate of change. The connections are opened
-once and kept, so a refresh costs commands, not connections.
+Each refresh walks the keys as ``inspect`` does (its classification and its one-pipeline read
+of each ``SCAN`` page are reused), but stops at a cap, and adds one ``INFO stats clients memory``
+per server; the depth of each key is compared with the previous refresh to give its rate of
+change. The connections are opened once and kept, so a refresh costs commands, not
+connections: three round trips per server (``INFO`` alongside the first ``SCAN``, then the
+page's reads, then the liveness read), plus two per further page.
 
 What a refresh costs, per server: one ``SCAN`` per page of up to 1000 keys, one ``ZCARD`` and
 one ``ZRANGE`` per key of the layers found, one ``INFO``; and, on the server that holds the
