@@ -2,7 +2,8 @@
 
 ``check`` tells whether the layer can work against its servers (reachability, version, role,
 latency, and whether the ACL allows every command the layer sends); ``inspect`` lists what the
-layer keeps in Valkey (queues, in-flight backups, groups). Both read the layer's configuration
+layer keeps in Valkey (queues, in-flight backups, groups); ``top`` redraws that every second
+with rates of change and each server's load. All read the layer's configuration
 from Django settings (``--settings``, ``--alias``) or take ``--hosts``/``--prefix``, and build
 the layer from it, so a configuration the layer would refuse is refused here with the layer's
 own message. Exit codes: 0 all fine, 1 a problem found, 2 bad usage or configuration.
@@ -24,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _cli_check, _cli_inspect
+from . import _cli_check, _cli_inspect, _cli_top
 from ._cli_check import AclPlan, Need
 from ._cli_links import for_diagnosis
 from ._hosts import ClusterHost, Host
@@ -275,6 +276,14 @@ async def run_inspect(target: Target, args: argparse.Namespace) -> int:
     return 1 if inventory.errors else 0
 
 
+async def run_top(target: Target, args: argparse.Namespace) -> int:
+    if args.json:
+        print("error: top has no --json (inspect --json has the same figures)", file=sys.stderr)
+        return 2
+    hosts = [for_diagnosis(host, args.timeout) for host in target.hosts]
+    return await _cli_top.run(hosts, target.prefix, args)
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -326,6 +335,31 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "of the oldest message per channel, in-flight backups, group sizes.",
     )
     inspect.set_defaults(run=run_inspect)
+    top = commands.add_parser(
+        "top",
+        parents=[common],
+        help="a live view of the deepest queues, process queues, groups and servers",
+        description="What inspect shows, redrawn every --interval seconds: the deepest queues "
+        "with their depth, oldest message and rate of change, process queues with their "
+        "process's liveness, the biggest groups, and each server's ops/s, clients and memory. "
+        "Ctrl-C quits.",
+    )
+    top.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="SECONDS", help="(default: 1)"
+    )
+    top.add_argument(
+        "--max-keys",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="keys scanned per server per refresh, at most (default: 10000)",
+    )
+    top.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame and exit (its rates show '-': a rate needs two refreshes)",
+    )
+    top.set_defaults(run=run_top)
     return parser
 
 
@@ -337,6 +371,16 @@ def _seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
     return seconds
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number > 0")
+    return number
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "channels-valkey") -> int:
