@@ -508,7 +508,8 @@ def summarise_all(
                 summary.p99_ratio = median(summary.p99_ratios)
                 if layer.key in BASELINE_OF:
                     baseline = BASELINE_OF[layer.key]
-                    summary.baseline_ratios = round_ratios(records, workload.key, layer, baseline)[0]
+                    rates = round_ratios(records, workload.key, layer, baseline)[0]
+                    summary.baseline_ratios = rates
                     summary.baseline_ratio = median(summary.baseline_ratios)
     ceilings: dict[str, dict[str, float | None]] = {}
     for venv in CEILING_VENVS:
