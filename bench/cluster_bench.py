@@ -60,7 +60,9 @@ SPREAD_WORKLOADS = (
         "messages/s",
     ),
 )
-CLUSTER_WORKLOADS = (*WORKLOADS, *SPREAD_WORKLOADS)
+#: The main benchmark's default workloads and the spread ones; not ``concurrent-*``, whose
+#: connection count reads one server.
+CLUSTER_WORKLOADS = (*(w for w in WORKLOADS if w.default), *SPREAD_WORKLOADS)
 CLUSTER_WORKLOAD_KEYS = tuple(w.key for w in CLUSTER_WORKLOADS)
 
 #: How many queues (slots) each workload writes to, for the report.

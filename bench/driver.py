@@ -70,6 +70,13 @@ LAYERS = (
         CORE_PEER,
     ),
     Layer(
+        "ours-baseline",
+        "ours-baseline",
+        "channels_valkey.core.ValkeyChannelLayer",
+        "core",
+        CORE_PEER,
+    ),
+    Layer(
         PUBSUB_PEER,
         "channels-redis",
         "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -91,6 +98,13 @@ LAYERS = (
         PUBSUB_PEER,
     ),
     Layer(
+        "ours-baseline pubsub",
+        "ours-baseline",
+        "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
+        "pubsub",
+        PUBSUB_PEER,
+    ),
+    Layer(
         "channels_valkey 0.3 pubsub",
         "channels-valkey-0.3",
         "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
@@ -101,6 +115,9 @@ LAYERS = (
 
 #: The virtual environments the ceiling is measured in (valkey-py with and without libvalkey).
 CEILING_VENVS = ("ours", "ours-pyparser")
+#: Our layers and the same layers of the baseline build (``bench/run --baseline REF``).
+BASELINE_OF = {"ours": "ours-baseline", "ours pubsub": "ours-baseline pubsub"}
+BASELINE_VENV = "ours-baseline"
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,8 @@ class Workload:
     what: str
     #: Measured for this many times --seconds (ping-pong: more samples for its p99).
     scale: float = 1.0
+    #: Run when --workloads is not given (else only when named, or as ``concurrent``).
+    default: bool = True
 
 
 WORKLOADS = (
@@ -151,8 +170,26 @@ WORKLOADS = (
         "ping-pongs/s",
         scale=2.0,
     ),
+    *(
+        Workload(
+            f"concurrent-{senders}-{scope}",
+            f"{senders} sender tasks at once, each to its own {what} received by its own "
+            "receiver task, one process",
+            kinds,
+            "messages/s",
+            default=False,
+        )
+        for scope, what, kinds in (
+            ("local", "process-local channel", ("core", "pubsub")),
+            ("normal", "normal channel", ("core",)),
+        )
+        for senders in (40, 200)
+    ),
 )
 WORKLOAD_KEYS = tuple(w.key for w in WORKLOADS)
+DEFAULT_WORKLOAD_KEYS = tuple(w.key for w in WORKLOADS if w.default)
+#: ``--workloads concurrent`` names these.
+CONCURRENT_KEYS = tuple(w.key for w in WORKLOADS if w.key.startswith("concurrent-"))
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -270,6 +307,8 @@ def describe(record: dict[str, Any]) -> str:
     text = f"{record['rate']:,.0f} msgs/s, {trips:.2f} round trips/msg"
     if "latency" in record and record["workload"] == "ping-pong":
         text += f", p99 {record['latency']['p99'] * 1000:.2f} ms"
+    if "connections" in record:
+        text += f", {record['connections']['peak']} connections at peak"
     return text
 
 
@@ -377,6 +416,12 @@ class Summary:
     p99_ratios: list[float] | None = None
     ratio: float | None = None
     p99_ratio: float | None = None
+    #: ``concurrent-*``: connections the process held at peak and opened during the epoch.
+    peak_connections: float | None = None
+    opened_connections: float | None = None
+    #: Per round: this layer's rate divided by that of the baseline build (BASELINE_OF).
+    baseline_ratios: list[float] | None = None
+    baseline_ratio: float | None = None
     errors: list[str] | None = None
 
 
@@ -405,6 +450,9 @@ def summarise(records: list[dict[str, Any]]) -> Summary:
     )
     if all("sender" in r["round_trips"] for r in good):
         summary.sender_round_trips = per(lambda r: r["round_trips"]["sender"] / r["operations"])
+    if all("connections" in r for r in good):
+        summary.peak_connections = per(lambda r: r["connections"]["peak"])
+        summary.opened_connections = per(lambda r: r["connections"]["opened"])
     names = sorted({name for r in good for name in r["command_calls"]})
     summary.command_mix = {
         name: median(r["command_calls"].get(name, 0) / r["messages"] for r in good) or 0.0
@@ -414,9 +462,10 @@ def summarise(records: list[dict[str, Any]]) -> Summary:
 
 
 def round_ratios(
-    records: list[dict[str, Any]], workload: str, layer: Layer
+    records: list[dict[str, Any]], workload: str, layer: Layer, peer_key: str | None = None
 ) -> tuple[list[float], list[float]]:
-    """Per round, (rate, p99) divided by the peer's of the same round.
+    """Per round, (rate, p99) divided by those of the peer (or of ``peer_key``) in the same
+    round.
 
     A layer and its peer are measured seconds apart within a round, so dividing within the
     round cancels slow changes in what else the machine is doing; ratios of the medians
@@ -429,7 +478,7 @@ def round_ratios(
     rates: list[float] = []
     p99s: list[float] = []
     for found in by_round.values():
-        mine, peer = found.get(layer.key), found.get(layer.peer)
+        mine, peer = found.get(layer.key), found.get(peer_key or layer.peer)
         if mine is None or peer is None:
             continue
         rates.append(mine["rate"] / peer["rate"])
@@ -457,6 +506,11 @@ def summarise_all(
                 summary.ratios, summary.p99_ratios = round_ratios(records, workload.key, layer)
                 summary.ratio = median(summary.ratios)
                 summary.p99_ratio = median(summary.p99_ratios)
+                if layer.key in BASELINE_OF:
+                    baseline = BASELINE_OF[layer.key]
+                    rates = round_ratios(records, workload.key, layer, baseline)[0]
+                    summary.baseline_ratios = rates
+                    summary.baseline_ratio = median(summary.baseline_ratios)
     ceilings: dict[str, dict[str, float | None]] = {}
     for venv in CEILING_VENVS:
         mine = [r for r in records if r.get("workload") == "ceiling" and r.get("venv") == venv]
@@ -648,6 +702,96 @@ def targets(
     return rows
 
 
+CONCURRENT_HEADER = (
+    "| layer | msgs/s | rounds | x peer | x baseline | peak connections | connections opened "
+    "| commands/msg | round trips/msg | ok runs |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def concurrent_row(name: str, s: Summary) -> str:
+    """A row of a ``concurrent-*`` table: the usual numbers and the connections."""
+    spread = f"{fmt(s.spread[0])}-{fmt(s.spread[1])}" if s.spread else "-"
+    return (
+        f"| {name} | {fmt(s.rate)} | {spread} | {fmt_ratio(s.ratio)} "
+        f"| {fmt_ratio(s.baseline_ratio)} | {fmt(s.peak_connections)} "
+        f"| {fmt(s.opened_connections)} | {fmt(s.commands, 2)} | {fmt(s.round_trips, 2)} "
+        f"| {s.ok}/{s.runs} |"
+    )
+
+
+def rates_by_round(records: list[dict[str, Any]], workload: str, key: str) -> dict[int, float]:
+    return {
+        r["round"]: r["rate"]
+        for r in records
+        if r.get("ok") and r.get("workload") == workload and r.get("key") == key
+    }
+
+
+def concurrency_targets(
+    records: list[dict[str, Any]], summaries: dict[str, dict[str, Summary]]
+) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the targets on concurrent senders, for ``ours``."""
+    rows: list[tuple[str, str, str]] = []
+
+    def found(workload: str) -> Summary | None:
+        return summaries.get(workload, {}).get("ours")
+
+    def verdict(per_round: list[bool]) -> str:
+        if not per_round:
+            return "n/a"
+        met = sorted(per_round)[len(per_round) // 2]  # the median round
+        return f"{'met' if met else '**not met**'} ({sum(per_round)} of {len(per_round)} rounds)"
+
+    local, normal = found("concurrent-200-local"), found("concurrent-200-normal")
+    if local is not None and local.peak_connections is not None:
+        peaks = [
+            r["connections"]["peak"]
+            for r in records
+            if r.get("ok") and r.get("workload") == "concurrent-200-local" and r["key"] == "ours"
+        ]
+        rows.append(
+            (
+                "concurrent-200-local: at most 4 connections at peak",
+                f"{fmt(local.peak_connections)} ({min(peaks)}-{max(peaks)})",
+                verdict([peak <= 4 for peak in peaks]),
+            )
+        )
+    if normal is not None and normal.peak_connections is not None:
+        rows.append(
+            ("concurrent-200-normal: connections at peak", fmt(normal.peak_connections), "-")
+        )
+    if local is not None and local.baseline_ratios:
+        rows.append(
+            (
+                "concurrent-200-local: ≥3x the baseline's msgs/s",
+                f"{fmt_ratio(local.baseline_ratio)} {ratio_range(local.baseline_ratios)}",
+                verdict([x >= 3 for x in local.baseline_ratios]),
+            )
+        )
+    at_200 = rates_by_round(records, "concurrent-200-local", "ours")
+    at_40 = rates_by_round(records, "concurrent-40-local", "ours")
+    scaling = [at_200[n] / at_40[n] for n in sorted(at_200.keys() & at_40.keys())]
+    if scaling:
+        rows.append(
+            (
+                "concurrent-200-local: ≥ the msgs/s of concurrent-40-local",
+                f"{fmt_ratio(median(scaling))} {ratio_range(scaling)}",
+                verdict([x >= 1 for x in scaling]),
+            )
+        )
+    normal_40 = found("concurrent-40-normal")
+    if normal_40 is not None and normal_40.ratios:
+        rows.append(
+            (
+                "concurrent-40-normal: ≥6x channels_redis msgs/s",
+                f"{fmt_ratio(normal_40.ratio)} {ratio_range(normal_40.ratios)}",
+                verdict([x >= 6 for x in normal_40.ratios]),
+            )
+        )
+    return rows
+
+
 def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -> str:
     options = result["options"]
     lines: list[str] = []
@@ -674,6 +818,8 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
         )
     else:
         add(f"- This package: {result['measured']}")
+    if result.get("baseline"):
+        add(f"- Baseline (`ours-baseline`): {result['baseline']}")
     if "git_after" in result and result["git"] != result["git_after"]:
         add("- The working tree changed during the run (the measured wheel did not)")
     if "load_before" in result:
@@ -720,7 +866,10 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
         add("")
         layers_here = [layer for layer in LAYERS if layer.key in table]
         grouped = workload.key.startswith("group")
-        if workload.key == "ping-pong":
+        concurrent = workload.key.startswith("concurrent-")
+        if concurrent:
+            add(CONCURRENT_HEADER)
+        elif workload.key == "ping-pong":
             add(
                 "| layer | ping-pongs/s | rounds | x peer | p50 ms | p99 ms | p99 x peer "
                 "| commands/msg | round trips/msg | ok runs |"
@@ -745,7 +894,9 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
             x = fmt_ratio(s.ratio)
             ok = f"{s.ok}/{s.runs}"
             spread = f"{fmt(s.spread[0])}-{fmt(s.spread[1])}" if s.spread else "-"
-            if workload.key == "ping-pong":
+            if concurrent:
+                add(concurrent_row(name, s))
+            elif workload.key == "ping-pong":
                 x99 = fmt_ratio(s.p99_ratio)
                 add(
                     f"| {name} | {fmt(s.operation_rate)} | {spread} | {x} | {fmt(s.p50, 2, 1000)} "
@@ -776,6 +927,8 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
     for ours, ours_pubsub in (("ours", "ours pubsub"), ("ours+pyparser", "ours pubsub+pyparser")):
         for target, measured, verdict in targets(summaries, ours, ours_pubsub):
             add(f"| {ours}: {target} | {measured} | {verdict} |")
+    for target, measured, verdict in concurrency_targets(result["records"], summaries):
+        add(f"| ours: {target} | {measured} | {verdict} |")
 
     add("")
     add("## Server commands per delivered message, by command")
@@ -801,7 +954,17 @@ def markdown(result: dict[str, Any], summaries: dict[str, dict[str, Summary]]) -
         "- `x peer`: the layer's number divided by channels_redis 4.3.0's measured in the same "
         "round, seconds apart, on the same server (`RedisChannelLayer` for core layers, "
         "`RedisPubSubChannelLayer` for pub/sub layers); the median of those per-round ratios. "
-        "Above 1 is faster; for latency (p99 x peer) below 1 is better."
+        "Above 1 is faster; for latency (p99 x peer) below 1 is better. `x baseline`: the same "
+        "against this package's baseline build (`--baseline REF`) in the same round."
+    )
+    add(
+        "- `concurrent-*`: `peak connections` is the most connections the measuring process "
+        "held to the server during the measured epoch: the server's `connected_clients` "
+        "(`INFO clients`), sampled every 2 ms from a thread on a connection of its own, minus "
+        "its value when that connection was opened, before the layer made any. `connections "
+        "opened` is `total_connections_received` during the epoch. Core layers run "
+        "`concurrent-*-local` with `capacity` 10000, as all process-local channels of a process "
+        "share one queue; every other measurement uses the defaults."
     )
     add(
         "- Pub/sub layers are not run on the normal-channel workloads: with pub/sub a message "
@@ -899,8 +1062,8 @@ def main() -> int:
     parser.add_argument(
         "--workloads",
         default="",
-        help="comma-separated subset (default: all; with --cluster also spread-24, "
-        "spread-24-4proc)",
+        help="comma-separated subset (default: all but concurrent-*; `concurrent` names "
+        "the four concurrent-* workloads; with --cluster also spread-24, spread-24-4proc)",
     )
     parser.add_argument(
         "--layers",
@@ -936,6 +1099,12 @@ def main() -> int:
         default="working tree as installed in the venvs",
         help="what build of this package is measured (bench/run sets it)",
     )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="what build of this package the ours-baseline venv holds (bench/run --baseline "
+        "REF sets it); without it the baseline layers are not measured",
+    )
     options = parser.parse_args()
     if options.render:
         loaded = [json.loads(path.read_text()) for path in options.render]
@@ -954,6 +1123,9 @@ def main() -> int:
     if options.quick:
         options.rounds, options.seconds, options.warmup = 1, 0.5, 0.2
     options.workloads = [w.strip() for w in options.workloads.split(",") if w.strip()]
+    if "concurrent" in options.workloads:
+        at = options.workloads.index("concurrent")
+        options.workloads[at : at + 1] = CONCURRENT_KEYS
     if options.cluster:
         from cluster_bench import CLUSTER_WORKLOAD_KEYS, run_cluster
 
@@ -963,7 +1135,7 @@ def main() -> int:
         except ValueError:
             parser.error("--primaries takes numbers, e.g. 1,3")
         return run_cluster(options)
-    options.workloads = options.workloads or list(WORKLOAD_KEYS)
+    options.workloads = options.workloads or list(DEFAULT_WORKLOAD_KEYS)
     unknown = set(options.workloads) - set(WORKLOAD_KEYS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
@@ -989,6 +1161,8 @@ def main() -> int:
     for layer in LAYERS:
         if wanted and layer.key not in wanted:
             continue
+        if layer.venv == BASELINE_VENV and not options.baseline:
+            continue
         why = available(options.venvs, layer)
         if why is None:
             layers.append(layer)
@@ -1008,6 +1182,7 @@ def main() -> int:
         "machine": machine(),
         "server_version": server_version(options.url),
         "measured": options.measured,
+        "baseline": options.baseline or None,
         "git": git_before,
         "git_after": git_state(),
         "load_before": load_before,
@@ -1029,7 +1204,7 @@ def main() -> int:
         (options.results / f"{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
         (options.results / f"{stamp}.md").write_text(report)
         written = f"{options.results / stamp}.json and .md"
-        if not wanted and set(options.workloads) == set(WORKLOAD_KEYS):
+        if not wanted and set(options.workloads) == set(DEFAULT_WORKLOAD_KEYS):
             # latest.md is the last run of everything; a subset does not replace it.
             shutil.copyfile(options.results / f"{stamp}.md", options.results / "latest.md")
             written += " and latest.md"

@@ -48,6 +48,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -77,6 +78,14 @@ TEXT = "x" * 100
 EPOCH_GRACE = 60.0
 #: A helper acknowledges received messages every this many (and at the last one).
 ACK_EVERY = 10
+#: ``concurrent-*``: messages each sender may have in flight to its own receiver.
+CONCURRENT_WINDOW = 5
+#: ``concurrent-*-local`` on core layers: all process-local channels of a process share one
+#: queue, so N senders with CONCURRENT_WINDOW in flight each could exceed the default
+#: capacity of 100 there; this capacity leaves room for any of them.
+CONCURRENT_CAPACITY = 10_000
+#: Seconds between two samples of the server's connected clients.
+SAMPLE_EVERY = 0.002
 
 WORKLOADS = (
     "send-receive",
@@ -87,6 +96,10 @@ WORKLOADS = (
     "ping-pong",
     "spread-24",
     "spread-24-4proc",
+    "concurrent-40-local",
+    "concurrent-200-local",
+    "concurrent-40-normal",
+    "concurrent-200-normal",
 )
 
 Message = dict[str, Any]
@@ -507,14 +520,23 @@ async def helper_main(role: str, params: dict[str, Any]) -> int:
 # --- layers ------------------------------------------------------------------------------------
 
 
-def make_layer(path: str, url: str) -> Any:
+def make_layer(path: str, url: str, **options: Any) -> Any:
     """The layer class at ``path`` on the server at ``url``, or on the cluster of a
-    ``cluster://`` URL (every node a startup node)."""
+    ``cluster://`` URL (every node a startup node), with ``options`` beyond ``hosts``."""
     module_name, _, class_name = path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     if url.startswith(CLUSTER_SCHEME):
-        return cls(hosts=[{"cluster": True, "startup_nodes": nodes_of(url)}])
-    return cls(hosts=[url])
+        return cls(hosts=[{"cluster": True, "startup_nodes": nodes_of(url)}], **options)
+    return cls(hosts=[url], **options)
+
+
+def layer_options(workload: str, kind: str) -> dict[str, Any]:
+    """Options a workload needs beyond the defaults: only ``concurrent-*-local`` on core
+    layers, whose senders together keep more messages in flight than one shared queue of the
+    default capacity holds (see CONCURRENT_CAPACITY)."""
+    if workload.startswith("concurrent-") and workload.endswith("-local") and kind == "core":
+        return {"capacity": CONCURRENT_CAPACITY}
+    return {}
 
 
 async def close_layer(layer: Any, kind: str) -> None:
@@ -547,6 +569,7 @@ class Epoch:
         self.operations = 0  # sends, group_sends or pings
         self.elapsed = 0.0
         self.latencies: list[float] = []  # ping round trips or group_send calls, seconds
+        self.extra: dict[str, Any] = {}  # more fields for the report
 
 
 class Workload:
@@ -841,6 +864,121 @@ class PingPong(Workload):
         result.operations = seq
 
 
+class ConnectionSampler:
+    """The connections the server holds, sampled every SAMPLE_EVERY seconds from a thread on
+    a connection of its own, so that a peak is seen however short the epoch.
+
+    The benchmark's server is private and nothing else talks to it during a measured epoch,
+    so ``connected_clients`` minus its value when the sampler connected (the sampler's own
+    connection) is the number of connections the measuring process holds. A thread rather
+    than a task: the event loop being measured may be too busy to sample on time.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._client = RespClient(*nodes_of(url)[0])
+        self.baseline = self._connected()[0]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak = self.samples = self.opened = self._opened_before = 0
+
+    def _connected(self) -> tuple[int, int]:
+        """``connected_clients`` and ``total_connections_received`` now."""
+        info = self._client.info("clients", "stats")
+        return int(info["connected_clients"]), int(info["total_connections_received"])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._connected()[0])
+            self.samples += 1
+            self._stop.wait(SAMPLE_EVERY)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self.peak = self.samples = 0
+        self._opened_before = self._connected()[1]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, int]:
+        """Stop sampling; what the process held at peak and at the end, and opened."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        connected, received = self._connected()
+        return {
+            "peak": self.peak - self.baseline,
+            "end": connected - self.baseline,
+            # New connections during the epoch (the sampler's own is older).
+            "opened": received - self._opened_before,
+            "samples": self.samples,
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._client.close()
+
+
+class Concurrent(Workload):
+    """``senders`` sender tasks at once, each sending to a channel of its own (process-local
+    or normal) that a receiver task of its own receives, all in this process; each sender
+    keeps at most CONCURRENT_WINDOW messages in flight. Reports the connections the process
+    holds to the server at peak during the epoch."""
+
+    def __init__(self, layer: Any, options: argparse.Namespace) -> None:
+        super().__init__(layer, options)
+        _, senders, scope = options.workload.split("-")
+        self.senders = int(senders)
+        self.local = scope == "local"
+
+    async def setup(self) -> None:
+        self.sampler = ConnectionSampler(self.options.url)
+        if self.local:
+            self.channels = [await self.layer.new_channel() for _ in range(self.senders)]
+        else:
+            self.channels = [f"bench.concurrent.{i}" for i in range(self.senders)]
+
+    async def epoch(self, epoch: int, seconds: float) -> Epoch:
+        result = Epoch()
+        start = time.perf_counter()
+        deadline = start + seconds
+        self.sampler.start()
+        try:
+            pairs = [self._pair(channel, epoch, deadline) for channel in self.channels]
+            counts = await self.guard(gather_all(*pairs), seconds)
+        finally:
+            connections = self.sampler.stop()
+        result.elapsed = time.perf_counter() - start
+        result.operations = result.messages = sum(counts)
+        result.extra["connections"] = connections
+        return result
+
+    async def _pair(self, channel: str, epoch: int, deadline: float) -> int:
+        """One sender and its receiver on ``channel``; the messages sent (and received)."""
+        window = Window(CONCURRENT_WINDOW)
+
+        async def send() -> int:
+            ROLE.set("sender")
+            seq = 0
+            while time.perf_counter() < deadline:
+                await window.acquire()
+                await self.layer.send(channel, message("message", epoch, seq))
+                seq += 1
+            await window.acquire()
+            await self.layer.send(channel, message("message", epoch, seq, last=True))
+            return seq + 1
+
+        receiver = receive_epoch(self.layer, channel, epoch, window.ack)
+        sent, _ = await gather_all(send(), receiver)
+        return int(sent)
+
+    async def teardown(self) -> None:
+        self.sampler.close()
+        await super().teardown()
+
+
 WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "send-receive": SendReceive,
     "send-receive-2proc": SendReceiveTwoProcesses,
@@ -850,6 +988,10 @@ WORKLOAD_CLASSES: dict[str, type[Workload]] = {
     "ping-pong": PingPong,
     "spread-24": Spread,
     "spread-24-4proc": SpreadProcesses,
+    "concurrent-40-local": Concurrent,
+    "concurrent-200-local": Concurrent,
+    "concurrent-40-normal": Concurrent,
+    "concurrent-200-normal": Concurrent,
 }
 
 
@@ -920,7 +1062,7 @@ def environment() -> dict[str, Any]:
 async def measure(options: argparse.Namespace) -> dict[str, Any]:
     patched = count_round_trips()
     ROLE.set("setup")
-    layer = make_layer(options.layer, options.url)
+    layer = make_layer(options.layer, options.url, **layer_options(options.workload, options.kind))
     workload = WORKLOAD_CLASSES[options.workload](layer, options)
     report: dict[str, Any] = {
         "layer": options.layer,
@@ -929,6 +1071,7 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
         "processes": workload.processes,
         "seconds": options.seconds,
         "counted_clients": patched,
+        "layer_options": layer_options(options.workload, options.kind),
         "environment": environment(),
     }
     try:
@@ -980,6 +1123,7 @@ async def measure(options: argparse.Namespace) -> dict[str, Any]:
             "machine": busy,
         },
     )
+    report.update(measured.extra)
     if measured.latencies:
         report["latency"] = {
             "p50": quantile(measured.latencies, 0.50),
