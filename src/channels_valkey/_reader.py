@@ -168,7 +168,7 @@ class QueueReader:
                 self._stats.reconnected(self)
             failing_since = last_error = None
             if batch and not await self._deliver_safely(batch):
-                await self._pause(UNUSABLE_PAUSE)
+                await self._hold(UNUSABLE_PAUSE)
 
     async def _next_count(self) -> int:
         """How many entries to pop next; 0 once nobody has waited for ``block`` seconds (or
@@ -195,6 +195,14 @@ class QueueReader:
         finally:
             timer.cancel()
             self._poked = None
+
+    async def _hold(self, seconds: float) -> None:
+        """Pause for ``seconds`` whatever the ``receive()`` calls do (each would poke), so
+        that another process gets the message this one put back; only ``stop()`` ends it
+        early."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            await self._pause(left)
 
     async def _deliver_safely(self, batch: list[Popped]) -> bool:
         """Hand on a batch; a failure there is logged and the reader goes on, because the

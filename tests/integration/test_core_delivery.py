@@ -60,10 +60,18 @@ async def test_a_message_this_process_cannot_decode_goes_back_for_another(
         describe="the json layer's pop",
     )
     await sender.send("jobs", {"type": "job", "n": 1})
+    await asyncio.to_thread(
+        wait_for, lambda: other_format.stats().undecodable, timeout=10, describe="the pop"
+    )
+    # Another receive() of the json process, while its reader holds back: it must not make
+    # the reader take the message again before a process that can decode it does.
+    also_waiting = asyncio.create_task(other_format.receive("jobs"))
     assert await asyncio.wait_for(receiver.receive("jobs"), 10) == {"type": "job", "n": 1}
     assert other_format.stats().undecodable == 1
     assert not waiting.done()
+    assert not also_waiting.done()
     waiting.cancel()
+    also_waiting.cancel()
     lines = [r.getMessage() for r in caplog.records if "Could not decode" in r.getMessage()]
     assert len(lines) == 1
     assert "asgijobs" in lines[0]
