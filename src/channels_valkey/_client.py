@@ -480,5 +480,6 @@ class Shard:
         await close_connections(self.pool, self.lane)
 
     def abandon(self) -> None:
-        for connection in [*self.lane.idle_connections(), *pool_connections(self.pool)]:
+        self.lane.abandon()
+        for connection in pool_connections(self.pool):
             release_dead(connection)

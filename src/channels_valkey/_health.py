@@ -84,7 +84,7 @@ class _HealthChecked(AbstractConnection):
 
     async def _probe(self) -> None:
         """PING once; on no answer close the connection, which the command then reopens."""
-        timeout = self.socket_connect_timeout or DEFAULT_PROBE_TIMEOUT
+        timeout = probe_timeout(self)
         try:
             await super().send_packed_command(self.pack_command("PING"), check_health=False)
             reply = await super().read_response(timeout=timeout)
@@ -101,6 +101,19 @@ class _HealthChecked(AbstractConnection):
             "timed out" if reply is None else reply,
         )
         await self.disconnect(nowait=True)
+
+
+def probe_interval(connection: AbstractConnection) -> float:
+    """Seconds of quiet after which ``connection`` must be probed; 0 when it never is. Used
+    by owners that write to a connection themselves (``_lane``), which probe it their way."""
+    if isinstance(connection, _HealthChecked) and connection._probe_enabled:
+        return connection.health_check_after
+    return 0.0
+
+
+def probe_timeout(connection: AbstractConnection) -> float:
+    """How long a probe waits for ``PONG``: the connect timeout, which bounds a fresh start."""
+    return float(connection.socket_connect_timeout or DEFAULT_PROBE_TIMEOUT)
 
 
 _classes: dict[tuple[type[Any], float], type[Any]] = {}

@@ -1,43 +1,67 @@
-"""The hot path's commands, sent on connections kept in a plain free list.
+"""The hot path's commands: every non-blocking command of one event loop to one server, on
+one connection, pipelined.
 
-A command through valkey-py's client takes a connection from its pool, which first polls the
-socket under a zero timeout to see whether the server closed it, then wraps the call in its
-retry and response-callback machinery. That adds about a quarter to a command's CPU time
-(measured on a ``send``: ~180 µs through the client, ~145 µs here), and the layers' hot path is
-CPU-bound. :class:`Lane` keeps what matters of it and nothing else:
+Why one connection: a connection per concurrent command (what a pool gives) makes the number
+of connections grow with load (200 tasks sending at once, 200 connections, on every process),
+and each command its own write and its own read. Here, commands that tasks issue during the
+same turn of the event loop are written together, in one write, and their replies are read back
+in order by one reader task: the reply to the n-th command written is the n-th reply read, so a
+queue of waiting calls is the whole protocol (valkey-glide, ioredis and lettuce multiplex the
+same way). More concurrency means bigger writes, not more connections.
 
-- a connection is taken from the free list, or made by the pool (so TLS, Sentinel lookup and
-  the health check, see ``_health``, are the pool's) and given back after a complete answer;
-- a connection error is retried under the layer's retry policy (``_retry``: backoff until a
-  deadline), after reconnecting; a server that closed an idle connection is found this way, by
-  the write or the read failing, instead of by a poll before every command. A command whose
-  connection failed after it was written may have run: it is sent again all the same (at least
-  once);
-- a command interrupted half-way (cancelled, failed) leaves its connection closed and out of the
-  list, so no answer can ever be read by the wrong command.
+Ownership and endings:
 
-Replies are returned as the server sent them (bytes, ints, lists), without valkey-py's
-response callbacks.
+- a :class:`Lane` (one per server, per event loop) owns its current :class:`_Link`: one
+  connection from connect to failure, and the task that connects it and reads its replies. A
+  link that fails is dropped; the next command makes a new one. ``aclose()`` ends the link once
+  the commands in flight have their replies; a loop closed under it is handled by
+  :meth:`Lane.abandon` (see ``_per_loop``);
+- a caller that is cancelled while its command waits to be written takes it out (it is never
+  sent); once written, its reply is read and dropped, so no other command can read it and the
+  connection stays in step;
+- a connection error fails every command waiting on that link; each caller then tries again on
+  a new link under the layer's retry policy (``_retry``: backoff until a deadline), then raises
+  the error. A command written before the connection failed may have run: it is sent again all
+  the same (at least once), as any client must;
+- a reply that does not come within ``socket_timeout`` fails the link like a connection error;
+- health check (``_health``): a link that wrote nothing for ``health_check_interval`` seconds
+  sends a ``PING`` first and holds the waiting commands until its answer, so a connection that
+  a load balancer dropped in silence costs a probe timeout, not a lost command and a read
+  timeout.
+
+The connection is made by the server's valkey-py pool (``pool.make_connection()``: TLS,
+Sentinel lookup, unix sockets, ``AUTH``/``HELLO``/``SELECT`` are the pool's), and read with
+valkey-py's reply parser; writes go straight to its stream, since valkey-py's
+``send_packed_command`` starts a task per call to time it out. Replies are returned as the
+server sent them (bytes, ints, lists), without valkey-py's response callbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from valkey.asyncio import ConnectionPool
 from valkey.asyncio.connection import AbstractConnection
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ResponseError
+from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 
+from ._health import probe_interval, probe_timeout
+from ._per_loop import quiet, release_dead
 from ._retry import TRANSIENT_ERRORS, Outage
 
 
 class Lane:
+    """The non-blocking commands of one event loop to one server."""
+
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._free: deque[AbstractConnection] = deque()
+        self._link: _Link | None = None
         self._closed = False
 
     async def execute_command(self, *args: Any) -> Any:
@@ -47,69 +71,253 @@ class Lane:
             raise reply
         return reply
 
-    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send several commands in one write on one connection (a pipeline, without
-        ``MULTI``) and return their replies in order, an error reply as its exception. They
-        run in the order given; after a connection error all are sent again, like one
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send several commands in one write (a pipeline, without ``MULTI``) and return their
+        replies in order, an error reply as its exception. They run in the order given, with
+        no other command between them; after a connection error all are sent again, like one
         command."""
         return await self._exchange(commands)
 
-    async def _exchange(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write ``commands`` at once and read their replies. After a connection error,
-        reconnect and send them again until the policy's deadline, then raise that error."""
-        connection = self._free.pop() if self._free else self._new_connection()
-        if len(commands) == 1:
-            packed = connection.pack_command(*commands[0])
-        else:
-            packed = connection.pack_commands(commands)
+    async def _exchange(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Queue ``commands`` on the current link and wait for their replies. After a
+        connection error, try again on a new link until the policy's deadline, then raise."""
         started = time.monotonic()  # the deadline counts from the first attempt
         outage: Outage | None = None
-        try:
-            while True:
-                try:
-                    await connection.send_packed_command(packed, check_health=False)
-                    replies = [await _read_reply(connection) for _ in commands]
-                    break
-                except TRANSIENT_ERRORS:
-                    await connection.disconnect()
-                    outage = outage or Outage(started)
-                    delay = outage.next_pause()
-                    if delay is None:
-                        raise
-                await asyncio.sleep(delay)
-        except BaseException:
-            await connection.disconnect()
-            raise
-        await self._give_back(connection)
-        return replies
+        while True:
+            link = self._current()
+            try:
+                return await link.call(commands)
+            except TRANSIENT_ERRORS:
+                outage = outage or Outage(started)
+                delay = outage.next_pause()
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
 
-    def _new_connection(self) -> AbstractConnection:
-        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        return connection
+    def _current(self) -> _Link:
+        link = self._link
+        if link is None or link.failed:
+            link = self._link = _Link(self._pool.make_connection(), self)  # type: ignore[no-untyped-call]
+        return link
 
-    async def _give_back(self, connection: AbstractConnection) -> None:
-        if self._closed:
-            await connection.disconnect()
-        else:
-            self._free.append(connection)
+    @property
+    def closing(self) -> bool:
+        return self._closed
+
+    def dropped(self, link: _Link) -> None:
+        """``link`` ended (failed, or closed when idle): the next command makes a new one."""
+        if self._link is link:
+            self._link = None
 
     async def script_load(self, source: str) -> None:
         await self.execute_command("SCRIPT", "LOAD", source)
 
-    def idle_connections(self) -> list[AbstractConnection]:
-        return list(self._free)
+    def connections(self) -> list[AbstractConnection]:
+        """The connection of the current link, if any (for tests and tools)."""
+        return [] if self._link is None else [self._link.connection]
 
     async def aclose(self) -> None:
-        """Close the idle connections; those in use close when their command ends."""
+        """Close the connection once the commands written on it have their replies. A command
+        sent after this runs on a link of its own, closed as soon as it is idle."""
         self._closed = True
-        while self._free:
-            await self._free.pop().disconnect()
+        link = self._link
+        if link is not None:
+            await link.close_when_idle()
+
+    def abandon(self) -> None:
+        """The event loop was closed under this lane: release its connection without it."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.abandon()
 
 
-async def _read_reply(connection: AbstractConnection) -> Any:
-    """One reply; an error reply is a whole answer, returned as its exception, and leaves the
-    connection in step for the next."""
-    try:
-        return await connection.read_response()
-    except ResponseError as error:
-        return error
+class _Call:
+    """Commands queued together by one caller, and where their replies go."""
+
+    __slots__ = ("future", "packed", "replies", "size")
+
+    def __init__(self, packed: list[bytes], size: int, future: asyncio.Future[list[Any]]) -> None:
+        self.packed = packed
+        self.size = size
+        self.future = future
+        self.replies: list[Any] = []
+
+
+class _Link:
+    """One connection of a :class:`Lane`, from its connect to its failure or close: it writes
+    the calls queued during a turn of the loop together and reads their replies in order."""
+
+    def __init__(self, connection: AbstractConnection, lane: Lane) -> None:
+        self.connection = connection
+        self._lane = lane
+        self._loop = asyncio.get_running_loop()
+        #: Calls waiting to be written, and calls written, waiting for their replies.
+        self._queued: list[_Call] = []
+        self._sent: deque[_Call] = deque()
+        self._flush_scheduled = False
+        #: Set (with the error) once the link can no longer carry commands.
+        self.failed: BaseException | None = None
+        self._ready = False  # connected, and not waiting for a health-check PING
+        self._probe_after = probe_interval(connection)
+        self._last_write = time.monotonic()
+        self._sent_one: asyncio.Future[None] | None = None  # wakes the reader
+        self._task = self._loop.create_task(self._run(), name=f"channels_valkey lane {connection}")
+
+    async def call(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if self.failed is not None:
+            raise self.failed
+        connection = self.connection
+        packed = (
+            connection.pack_command(*commands[0])
+            if len(commands) == 1
+            else connection.pack_commands(commands)
+        )
+        call = _Call(packed, len(commands), self._loop.create_future())
+        self._queued.append(call)
+        if self._ready and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        # A cancelled caller leaves its future cancelled: _flush skips it if it was not
+        # written yet, _read drops its replies if it was.
+        return await call.future
+
+    def _flush(self) -> None:
+        """Write every queued call in one write (the auto-pipelining)."""
+        self._flush_scheduled = False
+        if not self._ready or self.failed is not None:
+            return
+        calls = [call for call in self._queued if not call.future.done()]
+        self._queued.clear()
+        if not calls:
+            return
+        now = time.monotonic()
+        if self._probe_after and now - self._last_write > self._probe_after:
+            self._queued = calls
+            self._start_probe()
+            return
+        self._write(calls, now)
+
+    def _write(self, calls: list[_Call], now: float) -> None:
+        chunks = [chunk for call in calls for chunk in call.packed]
+        writer = self.connection._writer
+        if writer is None:
+            self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
+            return
+        self._sent.extend(calls)  # before writing: a failed write fails them too
+        self._last_write = now
+        try:
+            writer.writelines(chunks)
+        except (OSError, RuntimeError) as error:
+            self._fail(ValkeyConnectionError(f"Error writing to {self._where()}: {error}"))
+            return
+        if self._sent_one is not None and not self._sent_one.done():
+            self._sent_one.set_result(None)
+
+    def _start_probe(self) -> None:
+        """Hold the queued calls behind a ``PING``; fail the link if it stays unanswered."""
+        self._ready = False
+        probe = _Call(self.connection.pack_command("PING"), 1, self._loop.create_future())
+        timer = self._loop.call_later(probe_timeout(self.connection), self._probe_timed_out, probe)
+        probe.future.add_done_callback(lambda _: self._probe_answered(timer))
+        self._write([probe], time.monotonic())
+
+    def _probe_answered(self, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        if self.failed is None:
+            self._ready = True
+            self._flush()
+
+    def _probe_timed_out(self, probe: _Call) -> None:
+        if not probe.future.done():
+            quiet_for = time.monotonic() - self._last_write
+            self._fail(
+                ValkeyTimeoutError(
+                    f"No answer from {self._where()} to a health-check PING "
+                    f"after {quiet_for:.0f} s of quiet"
+                )
+            )
+
+    async def _run(self) -> None:
+        """Connect, then read replies until the link fails or is closed when idle."""
+        try:
+            await self._serve()
+        except asyncio.CancelledError:  # the loop is ending (asyncio.run, async_to_sync)
+            self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
+            await self._disconnect()
+            raise
+        await self._disconnect()
+
+    async def _serve(self) -> None:
+        try:
+            await self.connection.connect()  # type: ignore[no-untyped-call]
+        except Exception as error:  # a connection error, or a refusal (AUTH, ACL) kept as is
+            self._fail(error)
+            return
+        self._last_write = time.monotonic()
+        self._ready = True
+        self._flush()
+        try:
+            while await self._wait_for_sent():
+                self._read_one(await self._next_reply())
+        except Exception as error:
+            self._fail(error)
+
+    async def _wait_for_sent(self) -> bool:
+        """Wait until a reply is due; ``False`` once the link failed, or is idle and closed."""
+        while not self._sent:
+            if self.failed is not None:
+                return False
+            if self._lane.closing and not self._queued:
+                self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
+                return False
+            self._sent_one = self._loop.create_future()
+            await self._sent_one
+        return True
+
+    async def _next_reply(self) -> Any:
+        try:
+            return await self.connection.read_response()
+        except ResponseError as error:
+            return error  # a whole answer: the connection stays in step
+
+    def _read_one(self, reply: Any) -> None:
+        call = self._sent[0]
+        call.replies.append(reply)
+        if len(call.replies) == call.size:
+            self._sent.popleft()
+            if not call.future.done():  # else its caller was cancelled: the reply is dropped
+                call.future.set_result(call.replies)
+
+    def _fail(self, error: BaseException) -> None:
+        """End the link: every call on it gets ``error``; after a connection error its
+        caller tries again on a new link, any other error (a refused ``AUTH``) it raises."""
+        if self.failed is not None:
+            return
+        self.failed = error
+        self._ready = False
+        self._lane.dropped(self)
+        for call in [*self._sent, *self._queued]:
+            if not call.future.done():
+                call.future.set_exception(error)
+        self._sent.clear()
+        self._queued.clear()
+        if self._sent_one is not None and not self._sent_one.done():
+            self._sent_one.set_result(None)
+
+    async def _disconnect(self) -> None:
+        # Nothing is left to do for a connection that fails to close.
+        with contextlib.suppress(Exception):
+            await self.connection.disconnect(nowait=True)
+
+    async def close_when_idle(self) -> None:
+        """Let the reader finish the calls written so far, then close the connection."""
+        if self._sent_one is not None and not self._sent_one.done():
+            self._sent_one.set_result(None)  # the reader sees the lane closing
+        await asyncio.wait({self._task})
+
+    def abandon(self) -> None:
+        quiet(self._task)
+        release_dead(self.connection)
+
+    def _where(self) -> str:
+        return str(self.connection._host_error())

@@ -118,7 +118,8 @@ class PubSubServer:
         await close_connections(self.pool, self.lane)
 
     def abandon(self) -> None:
-        for connection in [*self.lane.idle_connections(), *pool_connections(self.pool)]:
+        self.lane.abandon()
+        for connection in pool_connections(self.pool):
             release_dead(connection)
 
 

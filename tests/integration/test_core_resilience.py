@@ -163,7 +163,8 @@ async def test_a_send_cancelled_in_flight_leaves_no_answer_behind(
 ) -> None:
     """The server holds writes back (``CLIENT PAUSE``) while a send is cancelled with its
     command on the wire: the commands after it must still read their own answers, not the
-    cancelled one's (a group_send reading a send's answer would fail).
+    cancelled one's (a group_send reading a send's answer would fail), and the cancelled
+    message is queued once at most.
 
     The cancel is delivered once the send waits for its answer, an event this process
     observes, rather than as soon as the server holds the command: between the two, valkey-py
@@ -208,7 +209,12 @@ async def test_a_send_cancelled_in_flight_leaves_no_answer_behind(
         for member in members:
             assert (await receive(layer, member))["n"] == n
     await layer.send(inbox, {"type": "end"})
-    assert await receive(layer, inbox) == {"type": "end"}  # the cancelled sends never ran
+    # A cancelled send whose command had gone out may still run, but once at most.
+    cancelled = []
+    while (message := await receive(layer, inbox))["type"] != "end":
+        cancelled.append(message["n"])
+    assert cancelled == sorted(set(cancelled))
+    assert set(cancelled) <= set(range(5))
     await layer.flush()
     await layer.close()
 
@@ -223,7 +229,7 @@ async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) ->
     for layer in layers:
         await layer.send("keepalive", {"type": "m"})
         shard = layer._loops.current().shards[0]
-        connection = shard.lane._free[0]  # type: ignore[attr-defined]
+        (connection,) = shard.lane.connections()
         sock = connection._writer.transport.get_extra_info("socket")
         seen.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         await layer.flush()
