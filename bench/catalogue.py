@@ -2,14 +2,16 @@
 
 A layer is a class in a virtual environment of its own (``bench/run`` makes them) and the
 peer it is compared with; a workload is a name that ``workload.py`` knows how to run, with
-the title and unit the report gives it. Runners and reports read these tables; nothing here
-runs anything. (``--burst``, ``--sync`` and ``--bulk`` measure other things and keep their
-own short lists, drawn from these layers where they are the same.)
+the title and unit the report gives it. ``--bulk``, ``--burst`` and ``--sync`` measure other
+things; their lists are at the end, drawn from the same layers where they are the same.
+Runners and reports read these tables, and measuring processes in every venv import them:
+nothing here runs anything, and only the standard library is used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -201,3 +203,91 @@ QUEUES = {
 
 #: The key of the topology that is the server ``bench/run`` started.
 STANDALONE = "standalone"
+
+
+def layer_named(key: str) -> Layer:
+    """The layer of the main benchmark called ``key``."""
+    return next(layer for layer in LAYERS if layer.key == key)
+
+
+# --- --bulk: bulk sends against loops of single sends, and message sizes ----------------------
+
+#: The layers, and the ways of sending N messages each is measured with (channels_redis has
+#: no bulk method; a pub/sub ``gather`` would measure the same publishes as ``loop``).
+BULK_MODES = (
+    ("ours", ("loop", "gather", "bulk")),
+    ("channels_redis", ("loop", "gather")),
+    ("ours pubsub", ("loop", "bulk")),
+    ("channels_redis pubsub", ("loop",)),
+)
+#: Messages per call.
+BULK_BATCHES = (10, 100)
+#: Normal channels in the ``group`` workload's group.
+BULK_GROUP_MEMBERS = 20
+#: Message bodies of the size sweep, in bytes; the first is the reference.
+BULK_SIZES = (256, 1024, 4096, 16384, 32768, 65536, 131072, 262144, 1048576)
+#: The layers of the size sweep.
+BULK_SIZE_LAYERS = ("ours", "channels_redis")
+
+
+def bulk_plan() -> list[tuple[str, dict[str, Any]]]:
+    """Every bulk measurement of a round, as (layer key, parameters), in the base order."""
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for workload in ("send", "group"):
+        for batch in BULK_BATCHES:
+            for layer, modes in BULK_MODES:
+                for mode in modes:
+                    runs.append((layer, {"workload": workload, "batch": batch, "mode": mode}))
+    for size in BULK_SIZES:
+        for layer in BULK_SIZE_LAYERS:
+            runs.append((layer, {"workload": "size", "size": size}))
+    return runs
+
+
+# --- --burst: the example chat's room ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BurstLayer:
+    key: str  # the name in tables
+    venv: str  # under --venvs
+    path: str  # module.Class
+    #: "default" (the layer's defaults) or "burst" (capacity = the burst's clients x messages).
+    options: str = "default"
+
+    def config(self, clients: int, messages: int) -> dict[str, Any] | None:
+        return {"capacity": clients * messages} if self.options == "burst" else None
+
+
+CORE = "channels_valkey.core.ValkeyChannelLayer"
+PUBSUB = "channels_valkey.pubsub.ValkeyPubSubChannelLayer"
+BURST_LAYERS = (
+    BurstLayer("ours", "ours", CORE),
+    BurstLayer("ours capacity=burst", "ours", CORE, "burst"),
+    BurstLayer("ours pubsub", "ours", PUBSUB),
+    BurstLayer("ours pubsub capacity=burst", "ours", PUBSUB, "burst"),
+    BurstLayer(
+        "channels_redis pubsub", "channels-redis", "channels_redis.pubsub.RedisPubSubChannelLayer"
+    ),
+    BurstLayer("channels_redis", "channels-redis", "channels_redis.core.RedisChannelLayer"),
+)
+#: (clients, messages each) of a default run.
+DEFAULT_BURSTS = ((10, 5), (20, 10), (60, 20))
+
+
+# --- --sync: publishing from synchronous code --------------------------------------------------
+
+#: case: (venv, layer class, how a call is made).
+SYNC_CASES = {
+    "ours sync": ("ours", CORE, "sync"),
+    "ours async_to_sync": ("ours", CORE, "async_to_sync"),
+    "ours await": ("ours", CORE, "await"),
+    "channels_redis async_to_sync": (
+        "channels-redis",
+        "channels_redis.core.RedisChannelLayer",
+        "async_to_sync",
+    ),
+}
+SYNC_METHODS = ("send", "group_send", "group_send-normal")
+#: The goals for ``ours sync``: times the rate of these cases.
+SYNC_TARGETS = {"channels_redis async_to_sync": 10.0, "ours async_to_sync": 3.0}

@@ -27,7 +27,7 @@ from localcluster import LocalCluster
 from machine import git_state, load_average, machine
 from procs import log, python_of
 from resultfiles import save_results, stamp_of
-from runner import measure_command, measure_on, timeout_of
+from runner import measure_command, measure_on, recorded_options, timeout_of
 from server_state import server_version
 from stats import rotated
 
@@ -67,10 +67,7 @@ def run_cluster(options: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "options": {
-            "rounds": options.rounds,
-            "seconds": options.seconds,
-            "warmup": options.warmup,
-            "workloads": [w.key for w in workloads],
+            **recorded_options(options, [w.key for w in workloads]),
             "primaries": options.primaries,
         },
         "machine": machine(),

@@ -36,7 +36,8 @@ Scenarios:
 Then the steady-state cost, with no failover (``loopback`` and ``lag``, the receiver as fast as
 it can): sends/s and send latency p50/p99, ``--runs`` times for each setting, interleaved.
 
-Prints the tables and writes ``bench/results/failover-<UTC time>.{md,json}``.
+Prints the tables (``failover_report.py``) and writes
+``bench/results/failover-<UTC time>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -44,11 +45,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
+import importlib.metadata
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -63,7 +61,12 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from failover_report import fmt_ms, markdown  # noqa: E402
 from localcluster import LocalCluster, Node, die_with_parent, wait_for  # noqa: E402
+from machine import cores_and_platform, load_average  # noqa: E402
+from procs import log  # noqa: E402
+from resultfiles import RESULTS, save_results, stamp_of  # noqa: E402
+from stats import quantile  # noqa: E402
 
 #: Messages the sender may have sent and the receiver not yet received.
 WINDOW = 50
@@ -151,13 +154,6 @@ def now() -> float:
     return time.perf_counter()
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 class Traffic:
     """A numbering sender and a checking receiver on one channel of one layer."""
 
@@ -227,6 +223,22 @@ class Traffic:
             self._progress.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), max(0.0, deadline - now()))
+
+    def lost(self) -> set[int]:
+        """Acknowledged sends that were never received."""
+        return self.acknowledged - set(self.received)
+
+    def duplicates(self) -> int:
+        """Deliveries beyond the first of each message."""
+        return sum(count - 1 for count in self.received.values())
+
+    @staticmethod
+    async def stop(*tasks: asyncio.Future[None]) -> None:
+        """Cancel the sender and receiver tasks and wait until they have ended."""
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def receive(self) -> None:
         while True:
@@ -333,10 +345,7 @@ async def failover_run(
         run.ok = False
         run.error = f"{type(error).__name__}: {error}"
     finally:
-        for task in (sender, receiver):
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(sender, receiver, return_exceptions=True)
+        await traffic.stop(sender, receiver)
         primary = await asyncio.to_thread(cluster.node_for, queue_key(channel))
         left = primary.command("ZCARD", queue_key(channel))
         run.left_queued = left if isinstance(left, int) else 0
@@ -345,8 +354,8 @@ async def failover_run(
     run.acknowledged = len(traffic.acknowledged)
     run.failed = dict(Counter(traffic.failed.values()))
     run.received = len(traffic.received)
-    run.lost = sorted(traffic.acknowledged - set(traffic.received))
-    run.duplicates = sum(count - 1 for count in traffic.received.values())
+    run.lost = sorted(traffic.lost())
+    run.duplicates = traffic.duplicates()
     run.out_of_order = traffic.out_of_order
     run.failed_but_received = len(set(traffic.failed) & set(traffic.received))
     run.longest_send = max((seconds for _, seconds in traffic.latencies), default=0.0)
@@ -403,9 +412,7 @@ async def steady_run(
         run.ok = False
         run.error = f"{type(error).__name__}: {error}"
     finally:
-        for task in (sender, receiver):
-            task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await traffic.stop(sender, receiver)
         await layer.close_pools()
     latencies = [seconds for _, seconds in traffic.latencies]
     run.sends = len(traffic.acknowledged)
@@ -413,156 +420,9 @@ async def steady_run(
     run.p50 = quantile(latencies, 0.5)
     run.p99 = quantile(latencies, 0.99)
     run.failed = len(traffic.failed)
-    run.lost = len(traffic.acknowledged - set(traffic.received))
-    run.duplicates = sum(count - 1 for count in traffic.received.values())
+    run.lost = len(traffic.lost())
+    run.duplicates = traffic.duplicates()
     return run
-
-
-def fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.2f}"
-
-
-def failover_table(runs: list[dict[str, Any]], waits: list[int]) -> list[str]:
-    lines = [
-        "| wait_for_replicas | run | killed | sent | acknowledged | send raised | received "
-        "| **lost** | duplicates | out of order | raised but received | unreceived at kill "
-        "| failover s | healthy s | longest send s | left queued | ok |",
-        "| ---: | ---: | --- |" + " ---: |" * 13 + " --- |",
-    ]
-    for run in runs:
-        failed = ", ".join(f"{k} {v}" for k, v in sorted(run["failed"].items())) or "0"
-        lost_text = str(len(run["lost"]))
-        if run["lost"]:
-            lost_text += f" (#{', #'.join(map(str, run['lost'][:8]))})"
-        lines.append(
-            f"| {run['wait_for_replicas']} | {run['index'] + 1} | {run['victim']} | {run['sent']} "
-            f"| {run['acknowledged']} | {failed} | {run['received']} | **{lost_text}** "
-            f"| {run['duplicates']} | {run['out_of_order']} | {run['failed_but_received']} "
-            f"| {run['unreceived_at_kill']} "
-            f"| {run['failover_seconds']:.2f} | {run['healthy_seconds']:.2f} "
-            f"| {run['longest_send']:.2f} | {run['left_queued']} "
-            f"| {'yes' if run['ok'] else 'no: ' + run['error']} |"
-        )
-    lines += [
-        "",
-        "| wait_for_replicas | runs | runs losing messages | acknowledged and lost "
-        "| send raised | duplicates |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for wait in waits:
-        mine = [r for r in runs if r["wait_for_replicas"] == wait]
-        losing = sum(1 for r in mine if r["lost"])
-        lost = sum(len(r["lost"]) for r in mine)
-        acked = sum(r["acknowledged"] for r in mine)
-        raised = sum(sum(r["failed"].values()) for r in mine)
-        duplicates = sum(r["duplicates"] for r in mine)
-        lines.append(
-            f"| {wait} | {len(mine)} | {losing} | {lost} of {acked} | {raised} | {duplicates} |"
-        )
-    return lines
-
-
-def steady_table(runs: list[dict[str, Any]], waits: list[int]) -> list[str]:
-    lines = [
-        "| wait_for_replicas | sends/s (median) | runs | send p50 ms | send p99 ms "
-        "| send raised | lost | duplicates |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for wait in waits:
-        mine = [r for r in runs if r["wait_for_replicas"] == wait and r["ok"]]
-        if not mine:
-            continue
-        rates = [r["rate"] for r in mine]
-        lines.append(
-            f"| {wait} | {statistics.median(rates):,.0f} | "
-            f"{min(rates):,.0f}-{max(rates):,.0f} "
-            f"| {fmt_ms(statistics.median(r['p50'] for r in mine))} "
-            f"| {fmt_ms(statistics.median(r['p99'] for r in mine))} "
-            f"| {sum(r['failed'] for r in mine)} | {sum(r['lost'] for r in mine)} "
-            f"| {sum(r['duplicates'] for r in mine)} |"
-        )
-    by_index: dict[int, dict[int, dict[str, Any]]] = {}
-    for run in runs:
-        by_index.setdefault(run["index"], {})[run["wait_for_replicas"]] = run
-    ratios = [
-        pair[1]["rate"] / pair[0]["rate"]
-        for pair in by_index.values()
-        if 0 in pair and 1 in pair and pair[0]["rate"] and pair[0]["ok"] and pair[1]["ok"]
-    ]
-    if ratios:
-        lines += [
-            "",
-            f"Sends/s with `wait_for_replicas=1` ÷ without, pair by pair (measured one after "
-            f"the other): median {statistics.median(ratios):.2f}x "
-            f"({min(ratios):.2f}-{max(ratios):.2f}).",
-        ]
-    return lines
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines: list[str] = []
-    add = lines.append
-    options = result["options"]
-    waits = options["waits"]
-    add(f"# Failover benchmark, {result['started']}")
-    add("")
-    add(f"- Machine: {result['machine']}")
-    add(
-        f"- Cluster: valkey-server {result['server_version']}, 3 primaries with 1 replica each, "
-        "loopback, no persistence, `cluster-node-timeout 1000`, "
-        "`cluster-replica-validity-factor 0`; a new cluster per scenario"
-    )
-    add(f"- This package: channels-valkey {result['package']} ({result['measured']})")
-    add(f"- Load average when the run started: {result['load_before']:.2f}")
-    add(
-        f"- Per failover run: {options['before']} s of traffic, SIGKILL of the primary serving "
-        f"the channel's queue (no WAIT first), failover, {options['down']} s later a restart "
-        f"of the killed node (it rejoins as a replica and resyncs), {options['after']} s more "
-        f"once healthy, then a last message and a drain. Sender at most {WINDOW} messages "
-        f"ahead of the receiver; `replica_timeout` 1 s; {options['runs']} runs per setting, "
-        "alternating."
-    )
-    for scenario in result["scenarios"]:
-        add("")
-        add(f"## Scenario `{scenario['key']}`: {scenario['title']}")
-        add("")
-        if scenario.get("error"):
-            add(f"Not measured: `{scenario['error']}`")
-            continue
-        add("### Across a primary kill")
-        add("")
-        lines.extend(failover_table(scenario["failover"], waits))
-        if scenario["steady"]:
-            add("")
-            add("### Steady state (no failover, the receiver as fast as it can)")
-            add("")
-            lines.extend(steady_table(scenario["steady"], waits))
-    add("")
-    add("## How to read this")
-    add("")
-    add(
-        "- *acknowledged*: `send` returned. *lost*: acknowledged, never received (numbers "
-        "listed). *send raised*: `send` raised (with `wait_for_replicas=1`, `NotReplicated` "
-        "while the new primary has no replica yet: the message is queued but not confirmed). "
-        "*raised but received*: such messages that arrived anyway."
-    )
-    add(
-        "- *duplicates*: extra deliveries of a number. *out of order*: a number received after "
-        "a higher one. *unreceived at kill*: messages sent and not yet received when the "
-        "primary was killed (in the queue, or on their way). *failover s*: from the kill until "
-        "the cluster names a new primary for the queue; *healthy s*: until the restarted node "
-        "is in sync as its replica."
-    )
-    add(
-        "- Steady state: one sender awaiting each `send`, one receiver, in one process on the "
-        "healthy cluster; latency is the time of one `send` call."
-    )
-    add("")
-    return "\n".join(lines)
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 async def measure(
@@ -616,7 +476,7 @@ def run_scenario(scenario: Scenario, options: argparse.Namespace) -> tuple[dict[
             proxy.stop()
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="failover runs per setting (5)")
     parser.add_argument(
@@ -636,18 +496,20 @@ def main() -> int:
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="each steady-state measurement (2)"
     )
-    parser.add_argument("--results", type=Path, default=BENCH / "results")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--measured", default="as installed", help="what build is measured")
-    options = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    options = build_parser().parse_args()
     options.waits = [0, 1]
     # A terminated run still stops its nodes and removes their directories (``finally``).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = scenarios(options)
-    import importlib.metadata
-
     started = datetime.now(timezone.utc)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     measured = []
     version = "?"
     for scenario in chosen:
@@ -665,7 +527,7 @@ def main() -> int:
         measured.append(found)
     result: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{os.cpu_count()} cores, {platform.platform()}",
+        "machine": cores_and_platform(),
         "server_version": version,
         "package": importlib.metadata.version("channels-valkey"),
         "measured": options.measured,
@@ -686,10 +548,8 @@ def main() -> int:
     report = markdown(result)
     print(report)
     if not options.no_save:
-        options.results.mkdir(parents=True, exist_ok=True)
-        stamp = "failover-" + started.strftime("%Y%m%dT%H%M%SZ")
-        (options.results / f"{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (options.results / f"{stamp}.md").write_text(report)
+        stamp = stamp_of(started, "failover-")
+        save_results(options.results, stamp, result, report)
         log(f"wrote {options.results / stamp}.json and .md")
     bad = [
         r for scenario in measured for r in scenario["failover"] + scenario["steady"] if not r["ok"]

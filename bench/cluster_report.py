@@ -210,7 +210,6 @@ def _per_workload(
             c = cells.get((workload.key, topology.key))
             for error in (c.errors if c else None) or ():
                 add(f"\n{topology.key} failed: `{error}`")
-
     return lines
 
 

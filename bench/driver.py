@@ -40,7 +40,7 @@ from machine import git_state, load_average, machine
 from procs import import_problem, log, python_of
 from report import markdown
 from resultfiles import RESULTS, save_results, stamp_of
-from runner import profile, run_all
+from runner import profile, recorded_options, run_all
 from server_state import server_version
 from summary import environments, pool, summarise_all
 
@@ -214,12 +214,7 @@ def benchmark(options: argparse.Namespace, wanted: set[str]) -> int:
     summaries, ceilings = summarise_all(records, layers)
     result: dict[str, Any] = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "options": {
-            "rounds": options.rounds,
-            "seconds": options.seconds,
-            "warmup": options.warmup,
-            "workloads": options.workloads,
-        },
+        "options": recorded_options(options, options.workloads),
         "machine": machine(),
         "server_version": server_version(options.url),
         "measured": options.measured,

@@ -11,6 +11,7 @@ Runs in the measured layer's venv.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,6 +65,21 @@ async def receive_epoch(
         on_message(count)
         if last:
             return count
+
+
+async def send_until(layer: Any, channel: str, epoch: int, deadline: float, window: Window) -> int:
+    """Send numbered messages of ``epoch`` to ``channel`` until ``deadline`` (a
+    ``time.perf_counter()`` value), each when ``window`` has room, then the last one; returns
+    how many were sent."""
+    ROLE.set("sender")
+    seq = 0
+    while time.perf_counter() < deadline:
+        await window.acquire()
+        await layer.send(channel, message("message", epoch, seq))
+        seq += 1
+    await window.acquire()
+    await layer.send(channel, message("message", epoch, seq, last=True))
+    return seq + 1
 
 
 class Window:

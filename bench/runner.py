@@ -30,6 +30,16 @@ def timeout_of(options: argparse.Namespace) -> float:
     return float(2 * options.seconds + options.warmup + 240)
 
 
+def recorded_options(options: argparse.Namespace, workloads: list[str]) -> dict[str, Any]:
+    """The options a result records, which its report quotes."""
+    return {
+        "rounds": options.rounds,
+        "seconds": options.seconds,
+        "warmup": options.warmup,
+        "workloads": workloads,
+    }
+
+
 def measure_command(
     python: Path, url: str, path: str, kind: str, workload: str, seconds: float, warmup: float
 ) -> list[str | Path]:

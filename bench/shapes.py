@@ -25,6 +25,7 @@ from flow import (
     gather_all,
     message,
     receive_epoch,
+    send_until,
 )
 from helpers import Helper, Helpers
 from localcluster import key_slot, primary_of_slot
@@ -108,16 +109,7 @@ class SendReceive(Workload):
         return result
 
     async def _send(self, epoch: int, seconds: float, start: float, window: Window) -> int:
-        ROLE.set("sender")
-        deadline = start + seconds
-        seq = 0
-        while time.perf_counter() < deadline:
-            await window.acquire()
-            await self.layer.send(NORMAL_CHANNEL, message("message", epoch, seq))
-            seq += 1
-        await window.acquire()
-        await self.layer.send(NORMAL_CHANNEL, message("message", epoch, seq, last=True))
-        return seq + 1
+        return await send_until(self.layer, NORMAL_CHANNEL, epoch, start + seconds, window)
 
 
 class SendReceiveTwoProcesses(SendReceive):
@@ -385,20 +377,9 @@ class Concurrent(Workload):
     async def _pair(self, channel: str, epoch: int, deadline: float) -> int:
         """One sender and its receiver on ``channel``; the messages sent (and received)."""
         window = Window(CONCURRENT_WINDOW)
-
-        async def send() -> int:
-            ROLE.set("sender")
-            seq = 0
-            while time.perf_counter() < deadline:
-                await window.acquire()
-                await self.layer.send(channel, message("message", epoch, seq))
-                seq += 1
-            await window.acquire()
-            await self.layer.send(channel, message("message", epoch, seq, last=True))
-            return seq + 1
-
+        sender = send_until(self.layer, channel, epoch, deadline, window)
         receiver = receive_epoch(self.layer, channel, epoch, window.ack)
-        sent, _ = await gather_all(send(), receiver)
+        sent, _ = await gather_all(sender, receiver)
         return int(sent)
 
     async def teardown(self) -> None:
