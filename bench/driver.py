@@ -11,8 +11,8 @@ should be none). Results go to ``bench/results/<UTC time>.json`` and ``.md`` and
 ``bench/results/latest.md``. Standard library only, so any ``python3`` runs it.
 
 This is the entry point only: it reads the options and hands over to the runners
-(``runner.py``, ``cluster_bench.py``) and the reports (``summary.py``, ``report.py``,
-``cluster_report.py``). Nothing imports it.
+(``runners/benchmark.py``, ``runners/cluster.py``) and the reports (``reports/``). Nothing
+imports it.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from catalogue import (
     WORKLOAD_KEYS,
     Layer,
 )
-from machine import git_state, load_average, machine
-from procs import import_problem, log, python_of
-from report import markdown
-from resultfiles import RESULTS, save_results, stamp_of
-from runner import profile, recorded_options, run_all
-from server_state import server_version
-from summary import environments, pool, summarise_all
+from reports.benchmark import markdown
+from reports.summary import environments, pool, summarise_all
+from runners.benchmark import profile, recorded_options, run_all
+from shared.machine import git_state, load_average, machine
+from shared.procs import import_problem, log, python_of
+from shared.resultfiles import RESULTS, save_results, stamp_of
+from shared.server_state import server_version
 
 BENCH = Path(__file__).resolve().parent
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         action="store_true",
         help="instead of the benchmark, run our core layer on the --url server and on private "
-        "clusters of --primaries primaries (see cluster_bench.py); writes "
+        "clusters of --primaries primaries (see runners/cluster.py); writes "
         "<results>/cluster-<UTC>.{json,md}",
     )
     parser.add_argument(
@@ -126,7 +126,7 @@ def render(paths: list[Path]) -> int:
     """Print the report of earlier runs again (several main runs are pooled)."""
     loaded = [json.loads(path.read_text()) for path in paths]
     if "topologies" in loaded[0]:  # a --cluster run
-        from cluster_report import markdown as cluster_markdown
+        from reports.cluster import markdown as cluster_markdown
 
         print(cluster_markdown(loaded[0]))
         return 0
@@ -152,7 +152,7 @@ def main() -> int:
         options.workloads[at : at + 1] = CONCURRENT_KEYS
     if options.cluster:
         from catalogue import CLUSTER_WORKLOAD_KEYS
-        from cluster_bench import run_cluster
+        from runners.cluster import run_cluster
 
         options.workloads = options.workloads or list(CLUSTER_WORKLOAD_KEYS)
         try:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import valkey
-from stats import quantile
+from shared.stats import quantile
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 

@@ -5,7 +5,7 @@ rotated by one per round (A B C, B C A, C A B, ...), so that slow drifts of the 
 over all of them. Before each measurement the server is flushed and its statistics reset;
 afterwards any message left queued fails it. Each measurement is a ``workload.py`` process
 with the Python of the layer's venv; this module only starts them and collects their reports,
-so it needs nothing beyond the standard library. ``cluster_bench.py`` measures the same way on
+so it needs nothing beyond the standard library. ``runners/cluster.py`` measures the same way on
 other topologies, and ``--profile`` records single workloads under py-spy.
 """
 
@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from catalogue import CEILING_VENVS, WORKLOADS, Layer, Workload
-from procs import log, python_of, run_json
-from server_state import queued_messages, reset_server
-from stats import rotated
+from shared.procs import log, python_of, run_json
+from shared.server_state import queued_messages, reset_server
+from shared.stats import rotated
 
-BENCH = Path(__file__).resolve().parent
-WORKLOAD = BENCH / "workload.py"
+BENCH = Path(__file__).resolve().parents[1]
+#: The measuring process, run with the Python of the measured layer's venv.
+WORKLOAD = BENCH / "measuring" / "workload.py"
 
 
 def timeout_of(options: argparse.Namespace) -> float:
@@ -133,8 +134,8 @@ def describe(record: dict[str, Any]) -> str:
 
 def profile(options: argparse.Namespace, layer: Layer, stamp: str) -> int:
     """Record each workload of ``--profile`` on ``layer`` with py-spy: an SVG flame graph and a
-    text summary (``profile_summary.py``) in ``<results>/profiles/``."""
-    from profile_summary import summarise
+    text summary (``reports/profile.py``) in ``<results>/profiles/``."""
+    from reports.profile import summarise
 
     folder = options.results / "profiles"
     folder.mkdir(parents=True, exist_ok=True)

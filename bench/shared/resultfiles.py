@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 #: ``bench/results``, the default of every mode's ``--results``.
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def stamp_of(started: datetime, prefix: str = "") -> str:

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from flow import BenchFailure
-from roundtrips import ROUND_TRIPS
+from measuring.flow import BenchFailure
+from measuring.roundtrips import ROUND_TRIPS
 
 #: The script a helper process runs (its ``helper`` mode).
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workload.py")

@@ -1,14 +1,15 @@
 """One benchmark measurement: one workload on one channel layer, verified and counted.
 
-``runner.py`` and ``cluster_bench.py`` run this script under the virtual environment of the
-layer being measured:
+``runners/benchmark.py`` and ``runners/cluster.py`` run this script under the virtual
+environment of the layer being measured:
 
-    python workload.py measure --layer channels_redis.core.RedisChannelLayer --kind core \\
-        --workload send-receive --url redis://127.0.0.1:6379 [--seconds 1.5] [--warmup 0.3]
-    python workload.py ceiling --url redis://127.0.0.1:6379 [--seconds 1.5]
+    python bench/measuring/workload.py measure --layer channels_redis.core.RedisChannelLayer \\
+        --kind core --workload send-receive --url redis://127.0.0.1:6379 [--seconds 1.5] \\
+        [--warmup 0.3]
+    python bench/measuring/workload.py ceiling --url redis://127.0.0.1:6379 [--seconds 1.5]
 
 and reads one JSON object from the last line of its standard output. Multi-process workloads
-start helper processes running this same script (``python workload.py helper ROLE PARAMS``)
+start helper processes running this same script (``workload.py helper ROLE PARAMS``)
 and talk to them over their stdin/stdout, one JSON object per line.
 
 Only the Channels layer API is used (``new_channel``, ``send``, ``receive``, ``group_add``,
@@ -52,18 +53,20 @@ import traceback
 from collections import Counter
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Run as a script: the benchmark's packages are imported from bench/, the folder above.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from catalogue import CLUSTER_WORKLOAD_KEYS, WORKLOAD_KEYS
-from channel_api import close_layer, layer_options, make_layer
-from flow import BenchFailure
-from helpers import Coordinator
-from machine import busy_cpu_seconds
-from roles import HELPER_ROLES
-from roundtrips import ROLE, ROUND_TRIPS, count_round_trips
-from server_state import server_counts
-from shapes import WORKLOAD_CLASSES, Epoch, Workload
-from stats import quantile
+from shared.machine import busy_cpu_seconds
+from shared.server_state import server_counts
+from shared.stats import quantile
+
+from measuring.channel_api import close_layer, layer_options, make_layer
+from measuring.flow import BenchFailure
+from measuring.helpers import Coordinator
+from measuring.roles import HELPER_ROLES
+from measuring.roundtrips import ROLE, ROUND_TRIPS, count_round_trips
+from measuring.shapes import WORKLOAD_CLASSES, Epoch, Workload
 
 #: Every workload this script runs: the main benchmark's and the cluster's.
 WORKLOADS = tuple(dict.fromkeys((*WORKLOAD_KEYS, *CLUSTER_WORKLOAD_KEYS)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stats import median
+from shared.stats import median
 
 
 def _span(values: list[float], digits: int = 0, scale: float = 1.0) -> str:
@@ -99,7 +99,7 @@ def _environments(result: dict[str, Any]) -> list[str]:
         options = "capacity = N x K" if layer["options"] == "burst" else "defaults"
         lines.append(f"| {layer['key']} | `{layer['path']}` | {options} | {listed} |")
     lines.append("")
-    notes = {}
+    notes: dict[str, list[str]] = {}
     for record in result["records"]:
         for line in record.get("log_tail", []):
             notes.setdefault(record["key"], []).append(line)

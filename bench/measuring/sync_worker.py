@@ -1,11 +1,11 @@
 """One ``--sync`` measurement, in the measured layer's venv: calls/s from synchronous code.
 
-``sync_bench.py`` starts ``python sync_worker.py --url ... --backend ... --how ... --method
-...`` with the Python of the case's venv. The layer comes from ``get_channel_layer()`` with
-Django settings made here, as a view or a Celery task would get it; one thread calls in a
+``runners/sync.py`` starts ``python measuring/sync_worker.py --url ... --backend ... --how ...
+--method ...`` with the Python of the case's venv. The layer comes from ``get_channel_layer()``
+with Django settings made here, as a view or a Celery task would get it; one thread calls in a
 loop (or, for ``await``, one event loop awaits). Prints one JSON line: calls, seconds, calls/s
-and new connections per call (``total_connections_received`` before and after the loop, read
-on one connection opened before it).
+and new connections per call (``total_connections_received`` before and after the loop, read on
+one connection opened before it).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Run as a script: the benchmark's packages are imported from bench/, the folder above.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from catalogue import SYNC_METHODS
-from resp import RespClient
+from shared.resp import RespClient
 
 #: Server processes whose consumers make up the `group_send` group.
 SERVER_PROCESSES = 2

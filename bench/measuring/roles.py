@@ -1,9 +1,9 @@
 """What a helper process does in each multi-process workload (its role).
 
-The measuring process (``shapes.py``) starts helpers with ``workload.py helper ROLE``; each
-role sets up its channels, says ``ready``, and runs the two epochs as told, acknowledging
-what it received so the sender's flow control holds across processes.
-Runs in the measured layer's venv.
+The measuring process (``shapes.py``) starts helpers with ``measuring/workload.py helper ROLE``;
+each role sets up its channels, says ``ready``, and runs the two epochs as told, acknowledging
+what it received so the sender's flow control holds across processes. Runs in the measured
+layer's venv.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from channel_api import make_members
-from flow import WINDOW, Progress, Window, check, gather_all, message, receive_epoch
-from helpers import Coordinator
-from roundtrips import ROLE
-from shapes import fan_in_epoch
+from measuring.channel_api import make_members
+from measuring.flow import WINDOW, Progress, Window, check, gather_all, message, receive_epoch
+from measuring.helpers import Coordinator
+from measuring.roundtrips import ROLE
+from measuring.shapes import fan_in_epoch
 
 #: A helper acknowledges received messages every this many (and at the last one).
 ACK_EVERY = 10

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalogue import CLUSTER_WORKLOADS, QUEUES, STANDALONE, Workload
-from formatting import fmt, fmt_ratios
-from stats import median
+from shared.stats import median
+
+from reports.formatting import fmt, fmt_ratios, section
 
 
 @dataclass(frozen=True)
@@ -215,11 +216,8 @@ def _per_workload(
 
 def _how_to_read(cores: int) -> list[str]:
     """What the columns mean and how they were counted."""
-    lines: list[str] = []
+    lines = section("How to read this")
     add = lines.append
-    add("")
-    add("## How to read this")
-    add("")
     add(
         "- Every run checks that each receiver got every message of the measured epoch exactly "
         "once and in order, and that no message was left queued on any primary (`ok runs`); "

@@ -1,9 +1,9 @@
 """``bench/run --cluster``: our core layer on one server, on a 1-primary and on a 3-primary cluster.
 
 ``driver.py --cluster`` (``bench/run`` passes the standalone server it started as ``--url``)
-starts private clusters (:mod:`localcluster`, no replicas), then measures every workload of the
-benchmark, plus two that spread over the slots (``spread-24``, ``spread-24-4proc``), on each
-of the three, interleaved: the topologies' order is rotated by one every round. Each
+starts private clusters (``shared/localcluster.py``, no replicas), then measures every workload
+of the benchmark, plus two that spread over the slots (``spread-24``, ``spread-24-4proc``), on
+each of the three, interleaved: the topologies' order is rotated by one every round. Each
 measurement is ``workload.py measure`` with the same exactness checks as the main benchmark
 (every message received once and in order, nothing left queued on any primary). Besides
 messages/s, commands and round trips per message, it records the CPU seconds of the client
@@ -22,14 +22,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from catalogue import CLUSTER_WORKLOAD_KEYS, CLUSTER_WORKLOADS, LAYERS, STANDALONE, Layer, Workload
-from cluster_report import Topology, main_number, markdown
-from localcluster import LocalCluster
-from machine import git_state, load_average, machine
-from procs import log, python_of
-from resultfiles import save_results, stamp_of
-from runner import measure_command, measure_on, recorded_options, timeout_of
-from server_state import server_version
-from stats import rotated
+from reports.cluster import Topology, main_number, markdown
+from shared.localcluster import LocalCluster
+from shared.machine import git_state, load_average, machine
+from shared.procs import log, python_of
+from shared.resultfiles import save_results, stamp_of
+from shared.server_state import server_version
+from shared.stats import rotated
+
+from runners.benchmark import measure_command, measure_on, recorded_options, timeout_of
 
 
 def choose_layer(options: argparse.Namespace) -> Layer:

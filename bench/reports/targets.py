@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from catalogue import CORE_PEER, PUBSUB_PEER
-from formatting import fmt, fmt_ratio, ratio_range
-from stats import median
-from summary import Summary, rates_by_round
+from shared.stats import median
+
+from reports.formatting import fmt, fmt_ratio, ratio_range
+from reports.summary import Summary, rates_by_round
 
 Row = tuple[str, str, str]
 Summaries = dict[str, dict[str, Summary]]

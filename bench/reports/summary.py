@@ -4,7 +4,7 @@ A record is what one ``workload.py`` process reported, tagged with its round, la
 workload. A layer and its peer (or its baseline build) are measured seconds apart within a
 round, so every ratio is taken within a round and only then summed up by its median: dividing
 medians would mix rounds measured while the machine did different things. Reading only, no
-I/O; ``report.py`` turns a summary into Markdown.
+I/O; ``reports/benchmark.py`` turns a summary into Markdown.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalogue import BASELINE_OF, CEILING_VENVS, LAYERS, WORKLOADS, Layer
-from stats import median
+from shared.stats import median
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from catalogue import BULK_BATCHES, BULK_GROUP_MEMBERS, BULK_MODES, BULK_SIZE_LAYERS, BULK_SIZES
-from stats import median, within_rounds
+from shared.stats import median, within_rounds
 
 Key = tuple[Any, ...]
 Groups = dict[Key, list[dict[str, Any]]]

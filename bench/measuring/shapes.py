@@ -15,8 +15,11 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from channel_api import GROUP, make_members
-from flow import (
+from shared.localcluster import key_slot, primary_of_slot
+from shared.server_state import ConnectionSampler
+
+from measuring.channel_api import GROUP, make_members
+from measuring.flow import (
     WINDOW,
     BenchFailure,
     Progress,
@@ -27,10 +30,8 @@ from flow import (
     receive_epoch,
     send_until,
 )
-from helpers import Helper, Helpers
-from localcluster import key_slot, primary_of_slot
-from roundtrips import ROLE
-from server_state import ConnectionSampler
+from measuring.helpers import Helper, Helpers
+from measuring.roundtrips import ROLE
 
 FAN_IN_CHANNELS = 200
 GROUP_MEMBERS = 1000

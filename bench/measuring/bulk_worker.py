@@ -1,11 +1,11 @@
 """One ``--bulk`` measurement, in the measured layer's venv: a warm-up, then the timed epoch.
 
-``bulk_bench.py`` starts ``python bulk_worker.py PARAMS`` with the Python of the layer's
+``runners/bulk.py`` starts ``python measuring/bulk_worker.py PARAMS`` with the Python of the layer's
 venv. The worker sets up (a group, for ``group``), runs a warm-up, prints ``{"warm": true}``
 and waits for a line on its standard input: the measuring process reads what the warm-up left
 queued and resets the server's statistics in between, so both cover the epoch only. Then it
 runs the epoch and prints its report, one JSON line. Round trips are counted inside the
-client libraries, as in the main benchmark (:mod:`roundtrips`).
+client libraries, as in the main benchmark (``measuring/roundtrips.py``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Run as a script: the benchmark's packages are imported from bench/, the folder above.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from catalogue import BULK_GROUP_MEMBERS
-from channel_api import make_layer
-from flow import TEXT, WINDOW
-from roundtrips import ROUND_TRIPS, count_round_trips
+
+from measuring.channel_api import make_layer
+from measuring.flow import TEXT, WINDOW
+from measuring.roundtrips import ROUND_TRIPS, count_round_trips
 
 CHANNEL = "bench.bulk"
 GROUP = "bench-bulk"
@@ -43,6 +45,7 @@ async def send_calls(layer: Any, workload: str, mode: str, batch: int, seconds: 
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         if mode == "bulk":
+            assert multiple is not None, "bulk mode needs send_multiple/group_send_multiple"
             await multiple(target, messages)
         elif mode == "gather":
             await asyncio.gather(*(single(target, message) for message in messages))

@@ -13,7 +13,7 @@ import importlib
 import sys
 from typing import Any
 
-from resp import CLUSTER_SCHEME, nodes_of
+from shared.resp import CLUSTER_SCHEME, nodes_of
 
 GROUP = "bench-group"
 #: ``concurrent-*-local`` on core layers: all process-local channels of a process share one

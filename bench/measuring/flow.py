@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from roundtrips import ROLE
+from measuring.roundtrips import ROLE
 
 #: Messages a sender may have in flight (sent, not yet received): half the default capacity.
 WINDOW = 50

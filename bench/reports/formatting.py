@@ -5,7 +5,7 @@ Shared by the main and cluster reports so that the same number reads the same in
 
 from __future__ import annotations
 
-from stats import median
+from shared.stats import median
 
 
 def fmt(value: float | None, digits: int = 0, scale: float = 1.0) -> str:
@@ -39,3 +39,8 @@ def fmt_ratios(values: list[float]) -> str:
     if len(values) > 1:
         text += f" ({min(values):.2f}-{max(values):.2f})"
     return text
+
+
+def section(title: str) -> list[str]:
+    """The first lines of a report's section: a blank line, its heading, a blank line."""
+    return ["", f"## {title}", ""]

@@ -7,7 +7,7 @@ median and its lowest and highest round. Reading only, no I/O.
 from __future__ import annotations
 
 from catalogue import SYNC_CASES, SYNC_METHODS, SYNC_TARGETS
-from stats import median
+from shared.stats import median
 
 
 def render(results: dict[str, object]) -> str:

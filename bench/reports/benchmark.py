@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from catalogue import LAYERS, WORKLOADS
-from formatting import fmt, fmt_ratio, ratio
-from summary import Summary
-from targets import concurrency_targets, targets
+
+from reports.formatting import fmt, fmt_ratio, ratio, section
+from reports.summary import Summary
+from reports.targets import concurrency_targets, targets
 
 Summaries = dict[str, dict[str, Summary]]
 
@@ -179,11 +180,8 @@ def _results(result: dict[str, Any], summaries: Summaries) -> list[str]:
 
 def _targets(result: dict[str, Any], summaries: Summaries) -> list[str]:
     """The targets of the issues, met or not, for both parsers."""
-    lines: list[str] = []
+    lines = section("Targets")
     add = lines.append
-    add("")
-    add("## Targets")
-    add("")
     add("| target | measured | verdict |")
     add("| --- | --- | --- |")
     for ours, ours_pubsub in (("ours", "ours pubsub"), ("ours+pyparser", "ours pubsub+pyparser")):
@@ -196,11 +194,8 @@ def _targets(result: dict[str, Any], summaries: Summaries) -> list[str]:
 
 def _command_mix(summaries: Summaries) -> list[str]:
     """Which server commands each layer spends per message."""
-    lines: list[str] = []
+    lines = section("Server commands per delivered message, by command")
     add = lines.append
-    add("")
-    add("## Server commands per delivered message, by command")
-    add("")
     add("| workload | layer | commands |")
     add("| --- | --- | --- |")
     for workload in WORKLOADS:
@@ -219,11 +214,8 @@ def _command_mix(summaries: Summaries) -> list[str]:
 
 def _how_to_read() -> list[str]:
     """What the columns mean and how they were counted."""
-    lines: list[str] = []
+    lines = section("How to read this")
     add = lines.append
-    add("")
-    add("## How to read this")
-    add("")
     add(
         "- `x peer`: the layer's number divided by channels_redis 4.3.0's measured in the same "
         "round, seconds apart, on the same server (`RedisChannelLayer` for core layers, "

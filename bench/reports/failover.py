@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stats import median
+from shared.stats import median
 
 
 def fmt_ms(value: float | None) -> str:

@@ -4,7 +4,7 @@ Every measurement starts on a flushed server with reset statistics and ends by c
 no message is left queued; the counters read here (commands, CPU, connections) are exact and
 do not depend on the machine, unlike the rates. A URL is a server (``redis://host:port``) or
 a private cluster (``cluster://host:port,host:port,...``, every node listed). Standard library
-and :mod:`resp` only, so both the runners and the measuring processes in the venvs use it.
+and :mod:`shared.resp` only, so both the runners and the measuring processes in the venvs use it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from resp import RespClient, command_calls, nodes_of
+from shared.resp import RespClient, command_calls, nodes_of
 
 #: Seconds between two samples of the server's connected clients.
 SAMPLE_EVERY = 0.002
