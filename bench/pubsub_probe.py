@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import valkey
+from shared.stats import quantile
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
@@ -131,9 +132,9 @@ async def latency(sender: Any, receiver: Any, messages: int) -> tuple[list[float
     return samples, (cpu_seconds() - cpu_before) / messages * 1e6
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def percentiles(samples: list[float]) -> str:
+    """p50 and p99 of latency samples in microseconds (:func:`stats.quantile`)."""
+    return f"p50 {quantile(samples, 0.5) or 0:.0f} us, p99 {quantile(samples, 0.99) or 0:.0f} us"
 
 
 # --- 3. churn ------------------------------------------------------------------------------
@@ -257,8 +258,8 @@ async def main(args: argparse.Namespace) -> None:
         await close(receiver)
         print(
             f"2. publish -> receive latency, {args.messages} messages one at a time: "
-            f"p50 {percentile(samples, 0.5):.0f} us, p99 {percentile(samples, 0.99):.0f} us, "
-            f"max {max(samples):.0f} us (mean {statistics.fmean(samples):.0f} us); "
+            f"{percentiles(samples)}, max {max(samples):.0f} us "
+            f"(mean {statistics.fmean(samples):.0f} us); "
             f"CPU {cpu:.0f} us per message, both ends"
         )
         got = receiver.stats()
@@ -274,7 +275,7 @@ async def main(args: argparse.Namespace) -> None:
             await close(receiver)
             print(
                 f"   channels_redis RedisPubSubChannelLayer, same: "
-                f"p50 {percentile(samples, 0.5):.0f} us, p99 {percentile(samples, 0.99):.0f} us; "
+                f"{percentiles(samples)}; "
                 f"CPU {cpu:.0f} us per message"
             )
 

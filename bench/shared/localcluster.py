@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from resp import Reply, RespClient, ServerError
+from shared.resp import Reply, RespClient, ServerError
 
 HOST = "127.0.0.1"
 SLOTS = 16384
