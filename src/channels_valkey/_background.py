@@ -26,6 +26,10 @@ Owners and endings:
 - A call made after the runner was stopped at exit (from another ``atexit`` handler, say)
   runs on a loop of its own in the caller's thread, with ``asyncio.run``: slower, but nothing
   is left open.
+
+The layers' sending methods use it too, when they are awaited on a short-lived loop
+(:func:`warm`): ``async_to_sync`` from a view, a signal or a Celery task makes a loop per call,
+which would open, use once and close a connection per call.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _Runner:
@@ -93,6 +99,9 @@ class _Runner:
             if task is not None:
                 self._calls.discard(task)
 
+    def runs_here(self) -> bool:
+        return threading.current_thread() is self.thread
+
     def stop(self) -> None:
         """Let the calls in flight finish, close what the loop holds, end the thread.
 
@@ -144,6 +153,19 @@ class BackgroundLoop:
         except BaseException:
             future.cancel()  # the caller was interrupted (KeyboardInterrupt, say)
             raise
+
+    async def run_from_loop(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Await ``make()`` on the background loop from another event loop. Cancelling the
+        caller cancels the call there."""
+        future = self._submit(make)
+        if future is None:  # stopped for good (exit): run here
+            return await make()
+        return await asyncio.wrap_future(future)
+
+    def runs_here(self) -> bool:
+        """Whether the running code is on the background loop's thread."""
+        runner = self._runner
+        return runner is not None and runner.runs_here()
 
     def stop(self) -> None:
         """Stop the loop, closing its connections; the next call starts a new one."""
@@ -202,3 +224,40 @@ async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
 
 #: The process's background loop, shared by every layer.
 background = BackgroundLoop("channels_valkey background loop")
+
+
+class _Layer(Protocol):
+    def _holds_running_loop(self) -> bool: ...
+
+
+L = TypeVar("L", bound=_Layer)
+
+
+def warm(
+    method: Callable[Concatenate[L, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[L, P], Coroutine[Any, Any, T]]:
+    """For a layer method that only writes to the servers (sends, group sends): awaited on a
+    loop that is probably short-lived, it runs on the background loop instead, whose
+    connections stay open between calls.
+
+    Probably short-lived: a loop running in a thread other than the main one, on which the
+    layer holds nothing yet (no ``receive()``, no subscription). ``async_to_sync`` called
+    where no loop runs (a WSGI view, a Celery task, a management command) makes exactly such
+    a loop, in a thread of its own, for each call. A server's loop runs in the main thread
+    (uvicorn, Daphne, gunicorn's workers), so its sends stay where they are; so do a script's
+    ``asyncio.run()``, which makes one loop for its whole run, and ``async_to_sync`` under a
+    running server, which hands the call to the server's loop. A long-lived loop in a thread
+    of its own that only sends also takes the hand-over: correct, one thread hop slower.
+    """
+
+    @functools.wraps(method)
+    async def handing_over(layer: L, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if (
+            threading.current_thread() is threading.main_thread()
+            or layer._holds_running_loop()
+            or background.runs_here()
+        ):
+            return await method(layer, *args, **kwargs)
+        return await background.run_from_loop(lambda: method(layer, *args, **kwargs))
+
+    return handing_over

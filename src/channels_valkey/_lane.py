@@ -62,6 +62,9 @@ class Lane:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._link: _Link | None = None
+        #: Every link whose task has not ended: the current one, and failed ones still
+        #: closing their connection.
+        self._links: set[_Link] = set()
         self._closed = False
 
     async def execute_command(self, *args: Any) -> Any:
@@ -98,6 +101,7 @@ class Lane:
         link = self._link
         if link is None or link.failed:
             link = self._link = _Link(self._pool.make_connection(), self)  # type: ignore[no-untyped-call]
+            self._links.add(link)
         return link
 
     @property
@@ -105,9 +109,13 @@ class Lane:
         return self._closed
 
     def dropped(self, link: _Link) -> None:
-        """``link`` ended (failed, or closed when idle): the next command makes a new one."""
+        """``link`` failed (or was closed when idle): the next command makes a new one."""
         if self._link is link:
             self._link = None
+
+    def ended(self, link: _Link) -> None:
+        """``link``'s task ended, its connection closed."""
+        self._links.discard(link)
 
     async def script_load(self, source: str) -> None:
         await self.execute_command("SCRIPT", "LOAD", source)
@@ -125,10 +133,11 @@ class Lane:
             await link.close_when_idle()
 
     def abandon(self) -> None:
-        """The event loop was closed under this lane: release its connection without it."""
-        link, self._link = self._link, None
-        if link is not None:
+        """The event loop was closed under this lane: release its connections without it."""
+        self._link = None
+        for link in self._links:
             link.abandon()
+        self._links.clear()
 
 
 class _Call:
@@ -243,9 +252,10 @@ class _Link:
             await self._serve()
         except asyncio.CancelledError:  # the loop is ending (asyncio.run, async_to_sync)
             self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
-            await self._disconnect()
             raise
-        await self._disconnect()
+        finally:
+            await self._disconnect()
+            self._lane.ended(self)
 
     async def _serve(self) -> None:
         try:

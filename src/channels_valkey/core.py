@@ -35,6 +35,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from ._alive import Liveness
+from ._background import warm
 from ._client import QueueServer, ReplicaWait
 from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
 from ._hosts import ClusterHost, Host
@@ -196,6 +197,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- the channel layer API -------------------------------------------------------------
 
+    @warm
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Queue ``message`` on ``channel``; raises ``ChannelFull`` at capacity."""
         self.require_valid_channel_name(channel)
@@ -263,6 +265,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- groups extension ------------------------------------------------------------------
 
+    @warm
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
@@ -270,11 +273,13 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._keys.group(group), channel, self.group_expiry
         )
 
+    @warm
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
         await (await self._group_shard(group)).group_discard(self._keys.group(group), channel)
 
+    @warm
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every member; members at capacity are skipped and counted."""
         self.require_valid_group_name(group)
@@ -315,6 +320,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- bulk sends ------------------------------------------------------------------------
 
+    @warm
     async def send_multiple(self, channel: str, messages: Sequence[dict[str, Any]]) -> None:
         """Queue ``messages`` on ``channel`` in order, all or none, in one round trip.
 
@@ -344,6 +350,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             raise ChannelFull(channel)
         self._stats.messages_sent += len(payloads)
 
+    @warm
     async def group_send_multiple(self, group: str, messages: Sequence[dict[str, Any]]) -> None:
         """Send every member all of ``messages``, in order; a member without room for all of
         them gets none and is counted (as ``group_send`` skips a full member).
@@ -401,6 +408,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         for writes, skipped in zip(plan.values(), results, strict=True):
             full += sum(len(writes[i].local_channels) or 1 for i in skipped)
         return full, len(members)
+
+    def _holds_running_loop(self) -> bool:
+        """Whether this layer holds connections or consumers on the running loop (see
+        ``_background.warm``)."""
+        return self._loops.existing() is not None
 
     # --- flush extension and closing -------------------------------------------------------
 

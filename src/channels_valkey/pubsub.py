@@ -39,6 +39,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
+from ._background import warm
 from ._client import check_host
 from ._cluster import check_cluster_host
 from ._hosts import ClusterHost
@@ -180,6 +181,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- the channel layer API -------------------------------------------------------------
 
+    @warm
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Publish ``message`` to the processes receiving on ``channel`` now (at most once)."""
         self.require_valid_channel_name(channel)
@@ -237,6 +239,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if loop_layer is not None:
             loop_layer.group_discard(self.config.group_channel(group), channel)
 
+    @warm
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Publish ``message`` once; every process with members delivers it to them."""
         self.require_valid_group_name(group)
@@ -258,6 +261,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # --- bulk sends ------------------------------------------------------------------------
 
+    @warm
     async def send_multiple(self, channel: str, messages: Sequence[dict[str, Any]]) -> None:
         """Publish ``messages`` on ``channel`` in order, in one round trip (one ``PUBLISH``
         each, written together). An empty list does nothing."""
@@ -269,6 +273,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._loops.current().publish_many(channel, payloads)
         self._stats.messages_sent += len(payloads)
 
+    @warm
     async def group_send_multiple(self, group: str, messages: Sequence[dict[str, Any]]) -> None:
         """Publish ``messages`` to ``group`` in order, in one round trip; every process with
         members delivers them in that order. An empty list does nothing."""
@@ -282,6 +287,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         self._stats.group_sends += len(payloads)
         self._stats.group_deliveries += sum(receivers)
+
+    def _holds_running_loop(self) -> bool:
+        """Whether this layer holds connections or consumers on the running loop (see
+        ``_background.warm``)."""
+        return self._loops.existing() is not None
 
     # --- flush extension and closing -------------------------------------------------------
 
