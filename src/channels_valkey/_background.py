@@ -57,6 +57,8 @@ class _Runner:
         self._stopping: asyncio.Event | None = None
         #: The calls in flight, which a stop lets finish.
         self._calls: set[asyncio.Task[Any]] = set()
+        #: What layers keep on this loop (see ``_per_loop``), alive until the loop ends.
+        self.held: set[object] = set()
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.thread.start()
         self._started.wait()
@@ -161,6 +163,29 @@ class BackgroundLoop:
         if future is None:  # stopped for good (exit): run here
             return await make()
         return await asyncio.wrap_future(future)
+
+    async def close_there(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Await ``close()`` on the background loop if it runs (a layer's ``close()`` closes
+        what the layer holds there too); nothing when it does not, or from that loop."""
+        with self._lock:
+            runner = self._runner
+            if runner is None or not runner.running or runner.runs_here():
+                return
+            future = runner.submit(close)
+        await asyncio.wrap_future(future)
+
+    def hold(self, owned: object) -> None:
+        """Keep ``owned``, something a layer keeps on the background loop (called from that
+        loop), until the loop ends or :meth:`let_go`: its tasks then end with the loop, even
+        when the layer was dropped without ``close()``."""
+        runner = self._runner
+        if runner is not None:
+            runner.held.add(owned)
+
+    def let_go(self, owned: object) -> None:
+        runner = self._runner
+        if runner is not None:
+            runner.held.discard(owned)
 
     def runs_here(self) -> bool:
         """Whether the running code is on the background loop's thread."""

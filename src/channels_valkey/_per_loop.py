@@ -11,6 +11,10 @@ they close their loop, so the keeper's cancellation is the signal to release the
 connections and tasks while the loop can still run the I/O. No monkeypatching of
 ``loop.close``.
 
+What a layer holds on the process's background loop (``_background``), which outlives any
+one layer, is also held by that loop until it closes it: a layer dropped without ``close()``
+(replaced in a test's settings, say) leaves no task to be destroyed while pending.
+
 A loop can also be closed without its tasks being cancelled (``loop.run_until_complete(...)``
 then ``loop.close()``, as scripts and some test runners do). Nothing of such a loop can run
 again, so nothing may depend on a ``finally`` of its tasks: the next time the layer is used on
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Generic, TypeVar
 
+from ._background import background
 from ._log import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -162,6 +167,8 @@ class PerLoop(Generic[Owned]):
                 # A weak reference: the entry must not keep its own key (the loop) alive.
                 owned = self._make(partial(self._forget, weakref.ref(loop)))
                 self._by_loop[loop] = owned
+                if background.runs_here():
+                    background.hold(owned)
         return owned
 
     def _sweep(self) -> None:
@@ -185,7 +192,9 @@ class PerLoop(Generic[Owned]):
         loop = loop_ref()
         if loop is not None:
             with self._lock:
-                self._by_loop.pop(loop, None)
+                owned = self._by_loop.pop(loop, None)
+            if owned is not None:
+                background.let_go(owned)
 
     async def close_current(self) -> None:
         owned = self.existing()

@@ -35,7 +35,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from ._alive import Liveness
-from ._background import warm
+from ._background import background, warm
 from ._client import QueueServer, ReplicaWait
 from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
 from ._hosts import ClusterHost, Host
@@ -431,8 +431,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._loops.close_current()
 
     async def close(self) -> None:
-        """Same as :meth:`close_pools`; safe to call several times."""
+        """Close this event loop's connections and readers, and those the layer's sends from
+        short-lived loops use on the background loop (``_background.warm``); safe to call
+        several times."""
         await self.close_pools()
+        await background.close_there(self._loops.close_current)
 
     # --- internals -------------------------------------------------------------------------
 

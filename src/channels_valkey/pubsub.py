@@ -39,7 +39,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from ._background import warm
+from ._background import background, warm
 from ._client import check_host
 from ._cluster import check_cluster_host
 from ._hosts import ClusterHost
@@ -308,12 +308,15 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._loops.close_current()
 
     async def close(self) -> None:
-        """Unsubscribe and close this event loop's connections; safe to call several times.
+        """Unsubscribe and close this event loop's connections, and those the layer's sends
+        from short-lived loops use on the background loop (``_background.warm``); safe to call
+        several times.
 
         Not required: a loop's connections also close when ``asyncio.run()`` or
         ``async_to_sync`` finishes the loop.
         """
         await self._loops.close_current()
+        await background.close_there(self._loops.close_current)
 
     # --- internals -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import async_to_sync, sync_to_async
 from test_pubsub import receive, subscribed_names, until_subscribed
 
+from channels_valkey._background import background
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from servers import ValkeyServer, wait_for
 
@@ -26,7 +27,9 @@ def client_count(server: ValkeyServer) -> int:
 def test_sync_code_in_threads_reaches_consumers_on_the_server_loop(
     valkey_server: ValkeyServer,
 ) -> None:
-    """Signal handlers and views call async_to_sync(group_send): a loop per call."""
+    """Signal handlers and views call async_to_sync(group_send): a loop per call, whose
+    sends run on the background loop; stopping it (as the process's exit does) closes its
+    connections."""
     baseline = client_count(valkey_server)
     layer = ValkeyPubSubChannelLayer(hosts=[valkey_server.url])
 
@@ -43,6 +46,7 @@ def test_sync_code_in_threads_reaches_consumers_on_the_server_loop(
         return sorted([(await receive(layer, channel))["n"] for _ in range(12)])
 
     assert asyncio.run(server()) == list(range(12))  # no close(): the loop's end closes it
+    background.stop()
     gc.collect()  # a leaked transport would now warn, which the test config makes an error
     # The server notices closed connections a moment later; there is no event to await.
     wait_for(lambda: client_count(valkey_server) == baseline, timeout=5, describe="clients")
