@@ -40,7 +40,7 @@ from valkey.asyncio import ConnectionPool
 from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
 from valkey.asyncio.connection import AbstractConnection
 from valkey.cluster import PRIMARY
-from valkey.exceptions import AskError, ClusterDownError, ResponseError
+from valkey.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
 from . import _cluster_routing as routing
 from ._client import REDIRECT_ERRORS, pool_connections
@@ -276,7 +276,8 @@ class ClusterLanes:
         while True:
             trouble: Exception | None = None
             try:
-                await self.ready()
+                if not self.client.nodes_manager.slots_cache:
+                    await self.refresh()
             except _RELOAD_ERRORS as error:
                 trouble = error
             else:
@@ -325,7 +326,7 @@ class ClusterLanes:
             if delay is None:
                 cause = trouble or ResponseError("redirected too often")
                 raise ServerUnreachable(self.where, cause) from cause
-            if trouble is None or isinstance(trouble, (*TRANSIENT_ERRORS, ClusterDownError)):
+            if not isinstance(trouble, TryAgainError):  # a key split by a migration: no news
                 self._reload()  # in the background, during the pause
             await asyncio.sleep(delay)
             hops = 0
