@@ -269,58 +269,15 @@ class ClusterLanes:
         :class:`~channels_valkey.exceptions.ServerUnreachable`."""
         started = time.monotonic()
         outage: Outage | None = None
-        results: list[object] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        asked: dict[int, str] = {}  # position -> the node an ASK named for it
+        progress = routing.Progress(calls)
         hops = 0
         while True:
-            trouble: Exception | None = None
-            try:
-                if not self.client.nodes_manager.slots_cache:
-                    await self.refresh()
-            except _RELOAD_ERRORS as error:
-                trouble = error
-            else:
-                routes, unrouted = routing.plan(todo, calls, asked, self.owner)
-                if unrouted:
-                    trouble = LookupError(f"no node serves slot {calls[unrouted[0]].slot}")
-                if len(routes) == 1:
-                    outcomes = [await self._exchange(routes[0], calls)]
-                else:
-                    outcomes = await asyncio.gather(*(self._exchange(r, calls) for r in routes))
-                todo = unrouted
-                scripts: dict[str, set[Script]] = {}
-                for route, outcome in zip(routes, outcomes, strict=True):
-                    if isinstance(outcome, Exception):
-                        todo += route.positions
-                        if not isinstance(outcome, NodeRetired):
-                            trouble = outcome  # the lane gave up; its map may be stale
-                        continue
-                    for position, reply in zip(route.positions, outcome, strict=True):
-                        asked.pop(position, None)
-                        what = routing.step(reply)
-                        if what is Step.DONE:
-                            results[position] = reply
-                            continue
-                        todo.append(position)
-                        if what is Step.MOVED:
-                            self.learn(cast(AskError, reply), route.node)
-                        elif what is Step.ASK:
-                            reply = cast(AskError, reply)
-                            asked[position] = routing.redirect_target(reply, route.node)
-                        elif what is Step.NOSCRIPT:
-                            script = calls[position].script
-                            if script is not None:
-                                scripts.setdefault(route.node, set()).add(script)
-                        else:
-                            trouble = cast(Exception, reply)
-                if scripts and trouble is None:
-                    trouble = await self._load_scripts(scripts)
-                if not todo:
-                    return results
-                hops += 1
-                if trouble is None and hops < MAX_HOPS:
-                    continue
+            trouble = await self._round(progress)
+            if progress.finished:
+                return progress.results
+            hops += 1
+            if trouble is None and hops < MAX_HOPS:
+                continue  # redirected: at once
             outage = outage or Outage(started)
             delay = outage.next_pause()
             if delay is None:
@@ -330,6 +287,32 @@ class ClusterLanes:
                 self._reload()  # in the background, during the pause
             await asyncio.sleep(delay)
             hops = 0
+
+    async def _round(self, progress: routing.Progress) -> Exception | None:
+        """Send each call still to do once, one write per node, the nodes concurrently; what
+        calls for a pause before the next round, if anything."""
+        try:
+            if not self.client.nodes_manager.slots_cache:
+                await self.refresh()
+        except _RELOAD_ERRORS as error:
+            return error
+        routes = progress.plan(self.owner)
+        if len(routes) == 1:
+            outcomes = [await self._exchange(routes[0], progress.calls)]
+        else:
+            outcomes = await asyncio.gather(*(self._exchange(r, progress.calls) for r in routes))
+        for route, outcome in zip(routes, outcomes, strict=True):
+            if isinstance(outcome, NodeRetired):
+                progress.failed(route, None)
+            elif isinstance(outcome, Exception):
+                progress.failed(route, outcome)  # the lane gave up: the map may be stale
+            else:
+                progress.answered(route, outcome)
+        for moved, answered_by in progress.moved:
+            self.learn(moved, answered_by)
+        if progress.scripts and progress.trouble is None:
+            progress.trouble = await self._load_scripts(progress.scripts)
+        return progress.trouble
 
     async def _exchange(self, route: Route, calls: Sequence[Call]) -> Sequence[object] | Exception:
         """One write to a node: the replies of its calls, or the connection error that ended

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
 
 from valkey.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
@@ -85,29 +85,78 @@ class Route(NamedTuple):
     positions: list[int]
 
 
-def plan(
-    todo: Sequence[int],
-    calls: Sequence[Call],
-    asked: Mapping[int, str],
-    owner: Callable[[int], str | None],
-) -> tuple[list[Route], list[int]]:
-    """Group the calls at positions ``todo`` into one :class:`Route` per node: the node an
-    ``ASK`` named for the call (``asked``), or else the ``owner`` of its slot. Also returns
-    the positions whose slot no node serves in the map."""
-    groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
-    unrouted: list[int] = []
-    for position in todo:
-        target = asked.get(position)
-        if target is not None:
-            groups[target, True].append(position)
-            continue
-        node = owner(calls[position].slot)
-        if node is None:
-            unrouted.append(position)
-        else:
-            groups[node, False].append(position)
-    routes = [Route(node, asking, positions) for (node, asking), positions in groups.items()]
-    return routes, unrouted
+class Progress:
+    """One operation's calls over its rounds: the replies so far, the calls still to send and
+    where, and what the last round met. A round :meth:`plan` s the calls still to do, then
+    each of its writes is :meth:`answered` or has :meth:`failed`."""
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        self.calls = calls
+        self.results: list[object] = [None] * len(calls)
+        #: Positions of the calls still to send.
+        self.todo: list[int] = list(range(len(calls)))
+        #: Position -> the node an ``ASK`` named for that call (for its next send only).
+        self.asked: dict[int, str] = {}
+        #: What the last round met that calls for a pause before the next (``TRYAGAIN``, a
+        #: connection error...), if anything.
+        self.trouble: Exception | None = None
+        #: The last round's ``MOVED`` replies, with the node that sent each: to learn.
+        self.moved: list[tuple[AskError, str]] = []
+        #: The scripts to load before the next round, by node.
+        self.scripts: dict[str, set[Script]] = {}
+
+    @property
+    def finished(self) -> bool:
+        return not self.todo
+
+    def plan(self, owner: Callable[[int], str | None]) -> list[Route]:
+        """Start a round: the calls still to do in one :class:`Route` per node, to the node
+        an ``ASK`` named for the call, or else to the ``owner`` of its slot. A call whose slot
+        no node serves in the map stays to do, and is trouble."""
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        unrouted: list[int] = []
+        for position in self.todo:
+            target = self.asked.get(position)
+            if target is not None:
+                groups[target, True].append(position)
+                continue
+            node = owner(self.calls[position].slot)
+            if node is None:
+                unrouted.append(position)
+            else:
+                groups[node, False].append(position)
+        self.todo, self.moved, self.scripts = unrouted, [], {}
+        slot = self.calls[unrouted[0]].slot if unrouted else None
+        self.trouble = LookupError(f"no node serves slot {slot}") if unrouted else None
+        return [Route(node, asking, positions) for (node, asking), positions in groups.items()]
+
+    def failed(self, route: Route, error: Exception | None) -> None:
+        """A write got no replies: its calls are to do again; ``error`` is trouble, ``None``
+        for a failure that needs no pause (the map already sends them elsewhere)."""
+        self.todo += route.positions
+        if error is not None:
+            self.trouble = error
+
+    def answered(self, route: Route, replies: Sequence[object]) -> None:
+        """The replies of a write's calls (:func:`replies_of`): keep each, or plan what its
+        call needs next."""
+        for position, reply in zip(route.positions, replies, strict=True):
+            self.asked.pop(position, None)
+            what = step(reply)
+            if what is Step.DONE:
+                self.results[position] = reply
+                continue
+            self.todo.append(position)
+            if what is Step.MOVED:
+                self.moved.append((cast(AskError, reply), route.node))
+            elif what is Step.ASK:
+                self.asked[position] = redirect_target(cast(AskError, reply), route.node)
+            elif what is Step.NOSCRIPT:
+                script = self.calls[position].script
+                if script is not None:
+                    self.scripts.setdefault(route.node, set()).add(script)
+            else:
+                self.trouble = cast(Exception, reply)
 
 
 def commands_of(route: Route, calls: Sequence[Call]) -> list[tuple[Any, ...]]:

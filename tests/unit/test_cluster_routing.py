@@ -1,4 +1,5 @@
-"""Planning a cluster operation: calls grouped by primary, and what each reply asks for."""
+"""Planning a cluster operation: calls grouped by primary, what each reply asks for, and
+which calls the next round sends."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from channels_valkey import _scripts
 from channels_valkey._cluster_routing import (
     ASKING,
     Call,
+    Progress,
     Route,
     Step,
     commands_of,
-    plan,
     positions_by,
     redirect_target,
     replies_of,
@@ -33,35 +34,81 @@ def calls(*slots: int) -> list[Call]:
 
 
 def test_calls_are_grouped_by_the_primary_of_their_slot_in_order() -> None:
-    ops = calls(1, 2, 3, 2)
-    routes, unrouted = plan(range(4), ops, {}, OWNERS.get)
+    progress = Progress(calls(1, 2, 3, 2))
+    routes = progress.plan(OWNERS.get)
     assert routes == [Route("a:1", False, [0, 2]), Route("b:2", False, [1, 3])]
-    assert unrouted == []
+    assert progress.trouble is None
 
 
-def test_only_the_calls_to_do_are_planned() -> None:
-    routes, _ = plan([1, 2], calls(1, 2, 3), {}, OWNERS.get)
-    assert routes == [Route("b:2", False, [1]), Route("a:1", False, [2])]
+def test_replies_are_kept_in_the_calls_order() -> None:
+    progress = Progress(calls(1, 2, 3))
+    first, second = progress.plan(OWNERS.get)
+    progress.answered(second, [b"b"])
+    progress.answered(first, [b"a", ResponseError("WRONGTYPE")])
+    assert progress.finished
+    assert progress.results[:2] == [b"a", b"b"]
+    assert isinstance(progress.results[2], ResponseError)  # the command's own error, kept
 
 
-def test_a_call_an_ask_redirected_goes_to_the_named_node_after_asking() -> None:
+def test_a_moved_call_is_sent_again_to_the_owner_learnt() -> None:
+    progress = Progress(calls(1, 2))
+    first, second = progress.plan(OWNERS.get)
+    moved = MovedError("1 b:2")
+    progress.answered(first, [moved])
+    progress.answered(second, [b"b"])
+    assert progress.moved == [(moved, "a:1")]
+    assert not progress.finished
+    assert progress.trouble is None  # no pause: at once
+    owners = {**OWNERS, 1: "b:2"}
+    assert progress.plan(owners.get) == [Route("b:2", False, [0])]
+
+
+def test_an_asked_call_goes_to_the_named_node_after_asking_once() -> None:
     ops = calls(1, 1)
-    routes, _ = plan(range(2), ops, {1: "c:3"}, OWNERS.get)
-    assert routes == [Route("a:1", False, [0]), Route("c:3", True, [1])]
-    assert commands_of(routes[1], ops) == [ASKING, ("GET", "key1")]
-    assert commands_of(routes[0], ops) == [("GET", "key0")]
+    progress = Progress(ops)
+    (route,) = progress.plan(OWNERS.get)
+    progress.answered(route, [b"a", AskError("1 c:3")])
+    routes = progress.plan(OWNERS.get)
+    assert routes == [Route("c:3", True, [1])]
+    assert commands_of(routes[0], ops) == [ASKING, ("GET", "key1")]
+    assert commands_of(route, ops) == [("GET", "key0"), ("GET", "key1")]
+    progress.answered(routes[0], [MovedError("1 b:2")])  # asked once: then the map again
+    assert progress.plan(OWNERS.get) == [Route("a:1", False, [1])]
+
+
+def test_noscript_asks_for_the_script_on_that_node() -> None:
+    progress = Progress([Call(1, ("EVALSHA", "x", 0), _scripts.SEND), Call(2, ("GET", "k"))])
+    first, second = progress.plan(OWNERS.get)
+    progress.answered(first, [NoScriptError("No matching script")])
+    progress.answered(second, [b"v"])
+    assert progress.scripts == {"a:1": {_scripts.SEND}}
+    assert progress.todo == [0]
+    assert progress.trouble is None
+
+
+def test_a_failed_write_is_sent_again_and_is_trouble_unless_said_otherwise() -> None:
+    progress = Progress(calls(1, 2))
+    first, second = progress.plan(OWNERS.get)
+    progress.failed(first, None)  # its node left the map: no pause
+    progress.answered(second, [TryAgainError("rehashing")])
+    assert sorted(progress.todo) == [0, 1]
+    assert isinstance(progress.trouble, TryAgainError)
+    progress.plan(OWNERS.get)
+    progress.failed(Route("a:1", False, [0]), ConnectionError("refused"))
+    assert isinstance(progress.trouble, ConnectionError)
+
+
+def test_slots_no_node_serves_stay_to_do_and_are_trouble() -> None:
+    progress = Progress(calls(1, 9))
+    assert progress.plan(OWNERS.get) == [Route("a:1", False, [0])]
+    assert progress.todo == [1]
+    assert isinstance(progress.trouble, LookupError)
 
 
 def test_the_replies_to_asking_are_left_out() -> None:
     asking = Route("c:3", True, [0, 1])
     assert list(replies_of(asking, [b"OK", b"one", b"OK", b"two"])) == [b"one", b"two"]
     assert list(replies_of(Route("a:1", False, [0]), [b"one"])) == [b"one"]
-
-
-def test_slots_no_node_serves_are_reported() -> None:
-    routes, unrouted = plan(range(2), calls(1, 9), {}, OWNERS.get)
-    assert routes == [Route("a:1", False, [0])]
-    assert unrouted == [1]
 
 
 def test_what_each_reply_asks_for() -> None:
