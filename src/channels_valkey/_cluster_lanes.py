@@ -1,15 +1,16 @@
 """Commands to a Valkey Cluster on one :class:`~channels_valkey._lane.Lane` per primary.
 
 valkey-py's cluster client opens a connection per concurrent command on each node, so a burst
-of N senders holds N connections per primary. Here each primary gets one ``Lane`` (the
-layers' hot-path connection model, see ``_lane``) and the routing is done by the layer:
+of N senders holds N connections per primary. Here each primary gets one ``Lane``, which
+carries every non-blocking command of the event loop to it (the layers' connection model, see
+``_lane``), and the routing is done by the layer:
 
 - *Slot map*: valkey-py's (``ValkeyCluster.nodes_manager``) reads and holds it; a command's
   slot is looked up there and its call goes to that primary's lane. Each node's lane is built
   on a pool for that node with the cluster client's connection options (TLS, auth, the
   health-checked connection class of ``_cluster.build_cluster``); :meth:`ClusterLanes._node`
   is the one place that makes them.
-- *Operations over many slots* (``_cluster_routing.plan``): the calls are grouped by primary,
+- *Operations over many slots* (``_cluster_routing.Progress``): the calls are grouped by primary,
   each group goes out in one ``execute_many`` on its lane, the primaries concurrently.
 - ``MOVED``: that one slot is patched in the map (never a full reload for it) and the call
   sent to the node named. ``ASK``: ``ASKING`` and the call in one write to the node named.
@@ -108,6 +109,7 @@ _gated_classes: dict[type[Any], type[Any]] = {}
 
 
 def _gated(base: type[Any]) -> type[Any]:
+    """``base`` with the gate mixed in; one class per base, made on first use."""
     gated = _gated_classes.get(base)
     if gated is None:
         gated = _gated_classes[base] = type(
