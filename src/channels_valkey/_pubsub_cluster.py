@@ -3,16 +3,17 @@
 Names are those of standalone mode (``asgispecific.<hex>``, ``asgi__group__<group>``). Sharded
 pub/sub routes each by its own hash slot, so no hash tag is needed: a subscription is one name.
 
-- Publishing: ``SPUBLISH`` through valkey-py's cluster client, which sends it to the primary
-  of the name's slot and follows ``-MOVED`` itself. A failover or a cluster that is down is
-  ridden out as in the core layer: retried under the layer's retry policy (``_retry``), then
+- Publishing: ``SPUBLISH`` (and ``PUBSUB SHARDNUMSUB``) on the lane of the primary of the
+  name's slot (``_cluster_lanes``: one multiplexed connection per primary, as in the core
+  layer), which follows ``-MOVED`` and rides out a failover or a cluster that is down under
+  the layer's retry policy (``_retry``), then raises
   :class:`~channels_valkey.exceptions.ServerUnreachable`.
 - Subscribing: ``SSUBSCRIBE`` on a connection to the primary that serves the name's slot, one
   :class:`~channels_valkey._pubsub_subscriber.Subscriber` (one connection) per primary that
   holds subscribed names, made when first needed. Names of one ``SSUBSCRIBE`` share a slot.
 - The slot map used for subscribing is this module's own :class:`SlotMap`, read with
-  ``CLUSTER SLOTS`` when first needed and again when a name has to move: never the cluster
-  client's, whose full reload would close connections under publishes in flight.
+  ``CLUSTER SLOTS`` when first needed and again when a name has to move, so that following
+  subscriptions never waits on the publishing side's reloads.
 
 Following the cluster (see the subscriber for the details):
 
@@ -41,8 +42,10 @@ from valkey.asyncio.cluster import ClusterNode
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
-from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS
-from ._cluster import abandon_cluster, build_cluster
+from ._client import TRANSIENT_ERRORS
+from ._cluster import build_cluster
+from ._cluster_lanes import ClusterLanes
+from ._cluster_routing import Call
 from ._health import without_health_check
 from ._hosts import ClusterHost
 from ._pubsub_state import ChannelClosed
@@ -139,12 +142,13 @@ class NodeTarget:
 
 
 class ClusterPlacement:
-    """A Valkey Cluster, as one event loop sees it: a cluster client for ``SPUBLISH``, and one
-    subscriber per primary holding subscribed names (keyed by ``host:port``)."""
+    """A Valkey Cluster, as one event loop sees it: a lane per primary for ``SPUBLISH``, and
+    one subscriber per primary holding subscribed names (keyed by ``host:port``)."""
 
     def __init__(self, host: ClusterHost, hooks: Hooks) -> None:
         self.host = host
-        self.client = build_cluster(host)
+        self.lanes = ClusterLanes(build_cluster(host), host.describe())
+        self.client = self.lanes.client
         self._hooks = hooks
         self._slots = SlotMap()
         self._loading: asyncio.Future[None] | None = None
@@ -168,41 +172,22 @@ class ClusterPlacement:
     async def publish(self, name: str, payload: bytes) -> int:
         """``SPUBLISH`` on the primary of ``name``'s slot; returns how many connections to
         that node received it (subscribers on its replicas are not counted)."""
-        reply = await retrying(
-            lambda: self.client.execute_command("SPUBLISH", name, payload),
-            REDIRECT_ERRORS,
-            self.host.describe(),
-        )
-        return int(reply)
+        return int(await self.lanes.command(name, "SPUBLISH", name, payload))
 
     async def subscribed(self, name: str) -> int:
         """``PUBSUB SHARDNUMSUB`` on the primary of ``name``'s slot: connections to that node
         subscribed to it (those on its replicas are not counted)."""
-        return await retrying(
-            lambda: self._shardnumsub(name), REDIRECT_ERRORS, self.host.describe()
-        )
-
-    async def _shardnumsub(self, name: str) -> int:
-        await self.client.initialize()
-        node = self.client.get_node_from_key(name)
-        if node is None:
-            raise ConnectionError(f"no node serves {name} yet")  # retried
-        _, count = await node.execute_command("PUBSUB", "SHARDNUMSUB", name)
+        _, count = await self.lanes.command(name, "PUBSUB", "SHARDNUMSUB", name)
         return int(count)
 
     async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
-        """One ``SPUBLISH`` per payload, in one pipeline to the primary of ``name``'s slot."""
-        replies = await retrying(
-            lambda: self._spublish_all(name, payloads), REDIRECT_ERRORS, self.host.describe()
-        )
-        return [int(reply) for reply in replies]
-
-    async def _spublish_all(self, name: str, payloads: Sequence[bytes]) -> list[Any]:
-        async with self.client.pipeline() as pipe:
-            for payload in payloads:
-                pipe.execute_command("SPUBLISH", name, payload)
-            replies: list[Any] = await pipe.execute()
-        return replies
+        """One ``SPUBLISH`` per payload, in one write to the primary of ``name``'s slot."""
+        slot = self.lanes.slot(name)
+        replies = await self.lanes.run([Call(slot, ("SPUBLISH", name, p)) for p in payloads])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [int(cast(int, reply)) for reply in replies]
 
     # --- subscribing ---------------------------------------------------------------------
 
@@ -313,14 +298,9 @@ class ClusterPlacement:
         self._closed = True
         for subscriber in self.subscribers:
             subscriber.abandon()
-        abandon_cluster(self.client)
+        self.lanes.abandon()
 
     async def aclose(self) -> None:
         self._closed = True
         await asyncio.gather(*(subscriber.aclose() for subscriber in self.subscribers))
-        await self.client.aclose()
-        # valkey-py skips its own close while a reload is pending (after a connection error);
-        # disconnecting the nodes again is harmless and leaves no socket open.
-        nodes = cast(Any, self.client.nodes_manager)
-        await nodes.aclose()
-        await nodes.aclose("startup_nodes")
+        await self.lanes.aclose()

@@ -2,12 +2,14 @@
 
 Each call sends ``EVALSHA`` with the script's SHA-1; a server that does not know the script
 yet (first use, restart, failover) answers ``NOSCRIPT``, and the script is loaded and the call
-repeated once. The source never travels with a normal call.
+repeated once. The source never travels with a normal call. On a cluster the same is done per
+node by ``_cluster_lanes``, which sends :meth:`Script.command` itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -15,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 from valkey.exceptions import NoScriptError
 
 if TYPE_CHECKING:
-    from valkey.asyncio.cluster import ValkeyCluster
-
     from ._lane import Lane
 
 Arg = str | bytes | int | float
@@ -33,17 +33,17 @@ class Script:
         source = files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text("utf-8")
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
-    async def __call__(
-        self, client: Lane | ValkeyCluster, keys: list[str], args: list[Arg]
-    ) -> object:
-        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        runner: Any = client  # valkey-py types execute_command on one client class only
+    def command(self, keys: Sequence[Any], args: Sequence[Arg]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command that runs this script on ``keys`` with ``args``."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    async def __call__(self, lane: Lane, keys: list[str], args: list[Arg]) -> object:
+        command = self.command(keys, args)
         try:
-            return await runner.execute_command(*command)
+            return await lane.execute_command(*command)
         except NoScriptError:
-            # A cluster client sends SCRIPT LOAD to every primary.
-            await runner.script_load(self.source)
-            return await runner.execute_command(*command)
+            await lane.script_load(self.source)
+            return await lane.execute_command(*command)
 
 
 SEND = Script.load("send")
