@@ -159,7 +159,8 @@ class _Node:
 
     def abandon(self) -> None:
         self.gate.retired = True
-        for connection in [*self.lane.idle_connections(), *pool_connections(self.pool)]:
+        self.lane.abandon()
+        for connection in pool_connections(self.pool):
             release_dead(connection)
 
 

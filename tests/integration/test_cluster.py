@@ -248,12 +248,6 @@ async def test_concurrent_sends_and_a_group_send_over_every_primary_all_arrive(
     await layer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one connection per primary comes with the multiplexed Lane (issue 11); the "
-    "cluster routes every non-blocking command through it, so once it lands this passes "
-    "and the mark goes",
-)
 async def test_a_burst_holds_few_connections_per_primary(
     valkey_cluster: ValkeyClusterGroup,
 ) -> None:
