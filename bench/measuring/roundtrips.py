@@ -36,4 +36,18 @@ def count_round_trips() -> list[str]:
 
         cls.send_packed_command = counted
         patched.append(package)
+    try:
+        lane = importlib.import_module("channels_valkey._lane")
+    except ImportError:
+        return patched
+    link = getattr(lane, "_Link", None)
+    if link is not None:
+        write = link._write
+
+        def counted_write(self: Any, *args: Any, _original: Any = write) -> Any:
+            ROUND_TRIPS[ROLE.get()] += 1
+            return _original(self, *args)
+
+        link._write = counted_write
+        patched.append("channels_valkey lanes")
     return patched

@@ -48,6 +48,15 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+class _LoopThread(threading.Thread):
+    """The thread of a background loop."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: What layers keep on this loop (see ``_per_loop``), alive until the loop ends.
+        self.held: set[object] = set()
+
+
 class _Runner:
     """A thread running one event loop until :meth:`stop`."""
 
@@ -57,9 +66,7 @@ class _Runner:
         self._stopping: asyncio.Event | None = None
         #: The calls in flight, which a stop lets finish.
         self._calls: set[asyncio.Task[Any]] = set()
-        #: What layers keep on this loop (see ``_per_loop``), alive until the loop ends.
-        self.held: set[object] = set()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread = _LoopThread(target=self._main, name=name, daemon=True)
         self.thread.start()
         self._started.wait()
 
@@ -100,9 +107,6 @@ class _Runner:
         finally:
             if task is not None:
                 self._calls.discard(task)
-
-    def runs_here(self) -> bool:
-        return threading.current_thread() is self.thread
 
     def stop(self) -> None:
         """Let the calls in flight finish, close what the loop holds, end the thread.
@@ -169,28 +173,31 @@ class BackgroundLoop:
         what the layer holds there too); nothing when it does not, or from that loop."""
         with self._lock:
             runner = self._runner
-            if runner is None or not runner.running or runner.runs_here():
+            if runner is None or not runner.running or self.runs_here():
                 return
             future = runner.submit(close)
         await asyncio.wrap_future(future)
 
-    def hold(self, owned: object) -> None:
+    @staticmethod
+    def hold(owned: object) -> None:
         """Keep ``owned``, something a layer keeps on the background loop (called from that
         loop), until the loop ends or :meth:`let_go`: its tasks then end with the loop, even
         when the layer was dropped without ``close()``."""
-        runner = self._runner
-        if runner is not None:
-            runner.held.add(owned)
+        thread = threading.current_thread()
+        if isinstance(thread, _LoopThread):
+            thread.held.add(owned)
 
-    def let_go(self, owned: object) -> None:
-        runner = self._runner
-        if runner is not None:
-            runner.held.discard(owned)
+    @staticmethod
+    def let_go(owned: object) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, _LoopThread):
+            thread.held.discard(owned)
 
-    def runs_here(self) -> bool:
-        """Whether the running code is on the background loop's thread."""
-        runner = self._runner
-        return runner is not None and runner.runs_here()
+    @staticmethod
+    def runs_here() -> bool:
+        """Whether the running code is on a background loop's thread: the current one, or
+        one being stopped, whose calls in flight finish on it."""
+        return isinstance(threading.current_thread(), _LoopThread)
 
     def stop(self) -> None:
         """Stop the loop, closing its connections; the next call starts a new one."""

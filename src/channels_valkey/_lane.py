@@ -306,6 +306,9 @@ class _Link:
         self.failed = error
         self._ready = False
         self._lane.dropped(self)
+        writer = self.connection._writer
+        if writer is not None:
+            writer.close()  # a read still waiting on it ends now; the task then disconnects
         for call in [*self._sent, *self._queued]:
             if not call.future.done():
                 call.future.set_exception(error)
