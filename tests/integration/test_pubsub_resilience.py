@@ -25,6 +25,7 @@ from test_pubsub import (
     OpenLayer,
     every_topology,
     loop_layer,
+    made_by_valkey_py,
     numsub,
     owner,
     receive,
@@ -55,7 +56,7 @@ def kill_layer_connections(server: ValkeyServer) -> int:
     admin = server.client()
     killed = 0
     for client in admin.client_list(_type="pubsub"):
-        if client.get("lib-name") == "valkey-py":
+        if made_by_valkey_py(client):
             killed += admin.client_kill_filter(_id=client["id"])
     return killed
 
