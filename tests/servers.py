@@ -47,6 +47,8 @@ from typing import Any, TypeVar
 import valkey
 
 __all__ = [
+    "SERVER_KIND",
+    "SERVER_PREFIX",
     "STARTUP_TIMEOUT",
     "SentinelGroup",
     "SentinelServer",
@@ -66,6 +68,9 @@ HOST = "127.0.0.1"
 #: such as ``/opt/redis-7.0/usr/bin/redis`` runs binaries that are not on PATH. The CI matrix
 #: uses it to run the behavioural suites against the oldest server in reach (Redis 7.0).
 SERVER_PREFIX = os.environ.get("CHANNELS_VALKEY_TEST_SERVER", "").strip() or "valkey"
+#: ``"valkey"`` or ``"redis"``: the server under test, for the few tests whose expectations
+#: differ between the two (the version ``INFO`` reports, error texts).
+SERVER_KIND = "redis" if SERVER_PREFIX.rsplit("/", 1)[-1] == "redis" else "valkey"
 
 
 def server_command(role: str) -> str:
