@@ -7,14 +7,22 @@ explicit ``cluster-port`` (the default bus port, port + 10000, may be taken or o
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from types import TracebackType
 from typing import Any
 
 import valkey
 
-from servers import HOST, STARTUP_TIMEOUT, ServerError, ValkeyServer, free_port, wait_for
+from servers import (
+    HOST,
+    STARTUP_TIMEOUT,
+    ServerError,
+    ValkeyServer,
+    free_port,
+    require_binary,
+    server_command,
+    wait_for,
+)
 
 NODE_TIMEOUT_MS = 1000
 SLOTS = 16384
@@ -49,9 +57,7 @@ class ValkeyClusterGroup:
         try:
             for node in self.nodes:
                 node.start()
-            cli = shutil.which("valkey-cli")
-            if cli is None:
-                raise ServerError("valkey-cli not found; install the valkey-tools package")
+            cli = require_binary(server_command("cli"))
             addresses = [f"{HOST}:{node.port}" for node in self.nodes]
             subprocess.run(
                 [

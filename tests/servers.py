@@ -47,6 +47,8 @@ from typing import Any, TypeVar
 import valkey
 
 __all__ = [
+    "SERVER_KIND",
+    "SERVER_PREFIX",
     "STARTUP_TIMEOUT",
     "SentinelGroup",
     "SentinelServer",
@@ -60,6 +62,23 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+
+#: Which server the fixtures start. The commands are ``<prefix>-server``, ``<prefix>-sentinel``
+#: and ``<prefix>-cli``: ``valkey`` (the default) runs Valkey, ``redis`` runs Redis, and a path
+#: such as ``/opt/redis-7.0/usr/bin/redis`` runs binaries that are not on PATH. The CI matrix
+#: uses it to run the behavioural suites against the oldest server in reach (Redis 7.0).
+SERVER_PREFIX = os.environ.get("CHANNELS_VALKEY_TEST_SERVER", "").strip() or "valkey"
+#: ``"valkey"`` or ``"redis"``: the server under test, for the few tests whose expectations
+#: differ between the two (the version ``INFO`` reports, error texts).
+SERVER_KIND = "redis" if SERVER_PREFIX.rsplit("/", 1)[-1] == "redis" else "valkey"
+
+
+def server_command(role: str) -> str:
+    """The command for ``role`` (``"server"``, ``"sentinel"`` or ``"cli"``) of the server
+    under test, as named by ``CHANNELS_VALKEY_TEST_SERVER``."""
+    return f"{SERVER_PREFIX}-{role}"
+
+
 #: How long a process may take to answer PING after it was spawned.
 STARTUP_TIMEOUT = 10.0
 #: How long a graceful stop may take before we fall back to SIGKILL.
@@ -169,9 +188,16 @@ def _kill_process_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _require_binary(name: str) -> str:
+def require_binary(name: str) -> str:
+    """The path of command ``name``, or a :class:`ServerError` that says how to get it."""
     path = shutil.which(name)
     if path is None:
+        if SERVER_PREFIX != "valkey":
+            raise ServerError(
+                f"{name!r} not found: CHANNELS_VALKEY_TEST_SERVER={SERVER_PREFIX!r} names "
+                f"the server under test, so {SERVER_PREFIX}-server, {SERVER_PREFIX}-sentinel "
+                f"and {SERVER_PREFIX}-cli must exist (unset it to test against Valkey)."
+            )
         raise ServerError(
             f"{name!r} is not on PATH. Run the suite through ./scripts/test, which installs "
             "valkey-server, valkey-sentinel and valkey-cli from Debian packages."
@@ -353,7 +379,7 @@ def make_tls_files(directory: Path) -> TLSFiles:
 class _ManagedProcess:
     """Lifecycle of one server-like process living in its own directory."""
 
-    binary = "valkey-server"
+    binary = server_command("server")
 
     def __init__(self, *, name: str) -> None:
         self.name = name
@@ -400,7 +426,7 @@ class _ManagedProcess:
             raise ServerError(f"{self.name}: start() after cleanup()")
         if self.running:
             return self
-        binary = _require_binary(self.binary)
+        binary = require_binary(self.binary)
         for attempt in range(5):
             first_start = not self._config_written
             if first_start:
@@ -775,7 +801,7 @@ class SentinelServer(_ManagedProcess):
     directory and is never rewritten by us after the first start.
     """
 
-    binary = "valkey-sentinel"
+    binary = server_command("sentinel")
 
     def __init__(
         self,

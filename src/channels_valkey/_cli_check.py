@@ -44,8 +44,9 @@ from ._client import Shard
 from ._cluster import build_cluster
 from ._hosts import ClusterHost, Host, SentinelHost, ServerHost
 
-#: The oldest server the layer runs on: BZMPOP (the layer's blocking pop) needs Valkey 7.2.
-MIN_VERSION = (7, 2)
+#: The oldest server the layer runs on: BZMPOP (the layer's blocking pop) came with 7.0, so every
+#: Valkey (the first was 7.2) and Redis from 7.0; the CI matrix runs the suite on Redis 7.0.
+MIN_VERSION = (7, 0)
 
 #: Timed PINGs per server, after one that opens the connection; the median is reported.
 PING_SAMPLES = 5
@@ -167,8 +168,8 @@ async def _read_info(link: Link, report: NodeReport, *, primary_expected: bool) 
     report.role = {"master": "primary", "slave": "replica"}.get(role, role or "?")
     if report.version is not None and _too_old(report.version):
         report.problems.append(
-            f"{report.version} is too old: the layer needs Valkey >= "
-            f"{'.'.join(map(str, MIN_VERSION))} (BZMPOP)"
+            f"{report.version} is too old: the layer's blocking pop, BZMPOP, needs "
+            f"{'.'.join(map(str, MIN_VERSION))} or later"
         )
     if primary_expected and report.role == "replica":
         report.problems.append("is a replica: the layer writes to this server, a replica refuses")

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -94,6 +94,40 @@ def _redact(url: str) -> str:
     return parts.geturl()
 
 
+def _check_protocol(where: str, host: str, value: object) -> None:
+    """Refuse ``protocol`` values other than 2: the layers speak RESP2 only.
+
+    RESP3 gives a channel layer nothing it uses (client-side caching, push notifications) and
+    changes the shape of the replies under it: maps instead of flat lists, ``PONG`` instead of
+    ``["pong", ""]`` on a subscribed connection, push frames between replies. Both layers read
+    replies as RESP2 and are tested on RESP2 only, so a ``protocol=3`` is refused here, when
+    the layer is built, rather than left to fail, or half work, on the first message. A
+    client library that changes its default (as redis-py 8 moved to RESP3) changes nothing
+    either: the layers never leave the protocol to the default of a library's release.
+    """
+    if value is None:
+        return
+    try:
+        version = int(str(value))  # an int, or a string from a URL's query
+    except ValueError:
+        version = None
+    if version == 2:
+        return
+    asks = " (RESP3)" if version == 3 else ""
+    raise ConfigurationError(
+        f"{where} ({host}) sets protocol={value!r}{asks}, but channels-valkey speaks RESP2 "
+        "only: both layers read replies in RESP2's shapes, which RESP3 changes (maps, push "
+        "frames, a subscribed connection's PONG). Remove 'protocol' or set it to 2."
+    )
+
+
+def _check_url_protocol(where: str, url: str) -> None:
+    """``protocol`` given in the URL's query string, as valkey-py reads it (first value)."""
+    values = parse_qs(urlsplit(url).query).get("protocol")
+    if values:
+        _check_protocol(where, _redact(url), values[0])
+
+
 def parse_hosts(hosts: object) -> tuple[Host, ...]:
     """Turn the ``hosts`` option into one typed entry per shard.
 
@@ -127,7 +161,15 @@ def _parse_entry(index: int, entry: object) -> Host:
     if isinstance(entry, tuple | list):
         return _parse_pair(where, entry)
     if isinstance(entry, Mapping):
-        return _parse_mapping(where, entry)
+        host = _parse_mapping(where, entry)
+        _check_protocol(where, host.describe(), host.kwargs.get("protocol"))
+        if isinstance(host, SentinelHost):
+            _check_protocol(
+                f"{where}['sentinel_kwargs']",
+                host.describe(),
+                host.sentinel_kwargs.get("protocol"),
+            )
+        return host
     raise ConfigurationError(
         f"{where} must be a URL string, a (host, port) pair or a dict, "
         f"got {type(entry).__name__}: {entry!r}"
@@ -141,6 +183,7 @@ def _check_url(where: str, url: str) -> str:
             f"{where} is {_redact(url)!r}: the URL scheme must be one of "
             f"{', '.join(sorted(URL_SCHEMES))}"
         )
+    _check_url_protocol(where, url)
     return url
 
 

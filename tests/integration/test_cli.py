@@ -18,7 +18,7 @@ import pytest
 
 from channels_valkey._cli import main
 from channels_valkey.core import ValkeyChannelLayer
-from servers import SentinelGroup, Topology, ValkeyServer, free_port
+from servers import SERVER_KIND, SentinelGroup, Topology, ValkeyServer, free_port
 
 #: Nodes ``check`` reports per topology: a Sentinel entry is its Sentinel and the primary;
 #: a cluster is its three primaries and three replicas.
@@ -101,7 +101,7 @@ def test_check_passes_on_every_topology(
     assert len(nodes) == NODES[topology.name]
     for node in nodes:
         assert node["reachable"] is True
-        assert node["version"].startswith("valkey ")
+        assert node["version"].startswith(f"{SERVER_KIND} ")
         assert node["rtt_ms"] >= 0
         assert node["problems"] == []
         if node["role"] != "sentinel":

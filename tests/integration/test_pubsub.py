@@ -97,10 +97,22 @@ def subscribed_names(servers: list[ValkeyServer]) -> set[str]:
     return {name for name in names if not name.startswith("__sentinel__")}
 
 
+def made_by_valkey_py(client: dict[str, Any]) -> bool:
+    """Whether a ``CLIENT LIST`` entry is a connection valkey-py made, not one of Sentinel's.
+
+    Servers with ``CLIENT SETINFO`` (Valkey, Redis >= 7.2) report the library as ``lib-name``;
+    Redis 7.0 does not, and there Sentinel's connections are told apart by the names Sentinel
+    gives them (``sentinel-<id>-cmd``, ``sentinel-<id>-pubsub``).
+    """
+    if "lib-name" in client:
+        return bool(client["lib-name"] == "valkey-py")
+    return not str(client.get("name", "")).startswith("sentinel-")
+
+
 def layer_connections(server: ValkeyServer) -> int:
     """Subscribed connections made by valkey-py (Sentinel's own are not)."""
     clients = server.client().client_list(_type="pubsub")
-    return sum(client.get("lib-name", "") == "valkey-py" for client in clients)
+    return sum(made_by_valkey_py(client) for client in clients)
 
 
 async def eventually(predicate: Callable[[], object], describe: str, timeout: float = 5) -> None:

@@ -163,8 +163,9 @@ def test_versions() -> None:
     assert _version_of({"redis_version": "7.2.4", "valkey_version": "8.0.1"}) == "valkey 8.0.1"
     assert _version_of({"redis_version": "7.0.15"}) == "redis 7.0.15"
     assert _version_of({}) is None
-    assert _too_old("valkey 7.0.1")
     assert _too_old("redis 6.2.14")
+    assert _too_old("redis 6.0.20")
+    assert not _too_old("redis 7.0.15")
     assert not _too_old("valkey 7.2.0")
     assert not _too_old("valkey 8.0.1")
     assert not _too_old("valkey 10.0.0")

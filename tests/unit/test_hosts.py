@@ -375,3 +375,68 @@ def test_a_cluster_entry_names_its_startup_nodes() -> None:
 def test_bad_cluster_entries_are_refused(hosts: list[object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         parse_hosts(hosts)
+
+
+# --- the protocol: RESP2 only ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "names"),
+    [
+        (
+            [{"address": "valkey://cache:6379", "protocol": 3}],
+            r"hosts\[0\] \(valkey://cache:6379\)",
+        ),
+        ([{"host": "cache", "port": 6380, "protocol": 3}], r"hosts\[0\] \(cache:6380\)"),
+        (["valkey://a", "valkey://cache:6379/0?protocol=3"], r"hosts\[1\] \(valkey://cache"),
+        ([{"address": "unix:///run/valkey.sock?protocol=3"}], r"hosts\[0\]\['address'\]"),
+        (
+            [{"sentinels": [("s", 26379)], "master_name": "mymaster", "protocol": 3}],
+            r"hosts\[0\] \(sentinel://s:26379/mymaster\)",
+        ),
+        (
+            [{"sentinels": [("s", 26379)], "master_name": "m", "sentinel_kwargs": {"protocol": 3}}],
+            r"hosts\[0\]\['sentinel_kwargs'\] \(sentinel://s:26379/m\)",
+        ),
+        (
+            [{"cluster": True, "startup_nodes": [("n", 7000)], "protocol": "3"}],
+            r"hosts\[0\] \(cluster://n:7000\)",
+        ),
+    ],
+)
+def test_resp3_is_refused_naming_the_host_and_saying_why(hosts: list[object], names: str) -> None:
+    with pytest.raises(ConfigurationError, match=names) as refused:
+        parse_hosts(hosts)
+    message = str(refused.value)
+    assert "(RESP3)" in message
+    assert "RESP2 only" in message
+    assert "set it to 2" in message
+
+
+def test_resp3_refusal_hides_the_password() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        parse_hosts(["valkey://user:secret@cache:6379?protocol=3"])
+    assert "secret" not in str(refused.value)
+    assert "user:***@cache" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", [1, 4, "three", True, 2.5])
+def test_other_protocol_values_are_refused_too(value: object) -> None:
+    with pytest.raises(ConfigurationError, match="RESP2 only"):
+        parse_hosts([{"host": "cache", "protocol": value}])
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        [{"host": "cache", "protocol": 2}],
+        [{"address": "valkey://cache", "protocol": "2"}],
+        [{"host": "cache", "protocol": None}],
+        ["valkey://cache:6379?protocol=2"],
+        [{"sentinels": [("s", 1)], "master_name": "m", "sentinel_kwargs": {"protocol": 2}}],
+        [{"cluster": True, "startup_nodes": [("n", 7000)], "protocol": 2}],
+    ],
+)
+def test_protocol_2_is_accepted_as_written(hosts: list[object]) -> None:
+    (host,) = parse_hosts(hosts)
+    assert host.kwargs.get("protocol") in (2, "2", None)
