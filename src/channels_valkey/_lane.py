@@ -318,9 +318,11 @@ class _Link:
             self._sent_one.set_result(None)
 
     async def _disconnect(self) -> None:
-        # Nothing is left to do for a connection that fails to close.
+        # Waits until the socket is closed, so that aclose() returns with nothing left open
+        # even if the loop runs no more after it. Nothing is left to do for a connection
+        # that fails to close.
         with contextlib.suppress(Exception):
-            await self.connection.disconnect(nowait=True)
+            await self.connection.disconnect()
 
     async def close_when_idle(self) -> None:
         """Let the reader finish the calls written so far, then close the connection."""

@@ -202,3 +202,26 @@ def test_a_test_suite_sharing_one_layer_across_its_loops(
         "Exception ignored",
     ):
         assert sign not in output, output
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_close_returns_with_every_socket_closed(kind: str, hosts: list[Any]) -> None:
+    """``loop.run_until_complete(layer.close())`` then ``loop.close()``: the loop runs no
+    more after close() returns, so close() must not leave a socket to be closed later."""
+    layer = LAYERS[kind](hosts=hosts)
+    loop = asyncio.new_event_loop()
+
+    async def use() -> None:
+        channel = await layer.new_channel()
+        await asyncio.gather(*(layer.send(channel, {"type": "m", "n": n}) for n in range(20)))
+        assert [(await layer.receive(channel))["n"] for _ in range(20)] == list(range(20))
+        await layer.group_send("room", {"type": "m"})
+
+    try:
+        loop.run_until_complete(use())
+        loop.run_until_complete(layer.close())
+    finally:
+        loop.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        gc.collect()
