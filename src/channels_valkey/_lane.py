@@ -3,9 +3,10 @@ one connection, pipelined.
 
 Why one connection: a connection per concurrent command (what a pool gives) makes the number
 of connections grow with load (200 tasks sending at once, 200 connections, on every process),
-and each command its own write and its own read. Here, commands that tasks issue during the
-same turn of the event loop are written together, in one write, and their replies are read back
-in order by one reader task: the reply to the n-th command written is the n-th reply read, so a
+and each command its own write and its own read. Here, the first command of a turn of the event
+loop is written at once (a lone command waits for nothing), the commands that other tasks issue
+during the rest of that turn together, in one write at its end; their replies are read back in
+order by one reader task: the reply to the n-th command written is the n-th reply read, so a
 queue of waiting calls is the whole protocol (valkey-glide, ioredis and lettuce multiplex the
 same way). More concurrency means bigger writes, not more connections.
 
@@ -184,15 +185,22 @@ class _Link:
         call = _Call(packed, len(commands), self._loop.create_future())
         self._queued.append(call)
         if self._ready and not self._flush_scheduled:
+            # The first command of a turn of the loop goes out at once; those that other
+            # tasks issue during the rest of the turn, together at its end.
             self._flush_scheduled = True
+            self._write_queued()
             self._loop.call_soon(self._flush)
         # A cancelled caller leaves its future cancelled: _flush skips it if it was not
         # written yet, _read drops its replies if it was.
         return await call.future
 
     def _flush(self) -> None:
-        """Write every queued call in one write (the auto-pipelining)."""
+        """End of a turn: write the calls queued during it, in one write."""
         self._flush_scheduled = False
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        """Write every queued call in one write (the auto-pipelining)."""
         if not self._ready or self.failed is not None:
             return
         calls = [call for call in self._queued if not call.future.done()]
