@@ -41,7 +41,7 @@ from ._cli_links import (
 )
 from ._cli_table import plural, table
 from ._client import Shard
-from ._cluster import build_cluster
+from ._connections import build_cluster
 from ._hosts import ClusterHost, Host, SentinelHost, ServerHost
 
 #: The oldest server the layer runs on: BZMPOP (the layer's blocking pop) came with 7.0, so every

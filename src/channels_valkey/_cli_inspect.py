@@ -31,7 +31,7 @@ from typing import Any
 from ._cli_links import FAILURES, Arg, ClientLink, Link, NodeLink, describe_error, text
 from ._cli_table import plural, table
 from ._client import Shard
-from ._cluster import build_cluster
+from ._connections import build_cluster
 from ._hosts import ClusterHost, Host
 from ._keys import ALIVE_SUFFIX, UNDECODABLE_SUFFIX, KeySpace
 

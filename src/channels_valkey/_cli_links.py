@@ -1,6 +1,6 @@
 """How the command-line tool reaches a server: the layer's own clients, asked once.
 
-The tool connects with the layer's helpers (``_client.Shard``, ``_cluster.build_cluster``), so a
+The tool connects with the layer's helpers (``_client.Shard``, ``_connections.build_cluster``), so a
 URL, TLS files, a password, a unix socket or a Sentinel entry mean exactly what they mean to
 the layer. Two things differ, because a diagnostic must answer now rather than ride out an
 outage as the layer does: a command is tried once, and connecting or waiting for a reply gives

@@ -34,7 +34,7 @@ from ._cli_inspect import SCAN_COUNT, Inventory, KeyStat, _read_page, format_age
 from ._cli_links import FAILURES, ClientLink, Link, NodeLink, describe_error, text
 from ._cli_table import plural, table
 from ._client import Shard
-from ._cluster import build_cluster
+from ._connections import build_cluster
 from ._hosts import ClusterHost, Host
 from ._keys import KeySpace, process_of
 

@@ -1,162 +1,31 @@
-"""The only place that builds valkey-py clients, and the typed commands the layers send.
+"""The core layer's servers: the typed commands it sends to one server, and what it asks of
+any server behind a ``hosts`` entry (:class:`QueueServer`).
 
 A :class:`Shard` is one server (or one Sentinel-managed primary) as seen from one event loop:
-a connection pool, whose connections carry the hot path's commands through a ``_lane.Lane``
-and the rare ones through valkey-py's client, and, for blocking pops, connections of its own.
-Nothing typed ``Any`` leaves this module: callers get ``bool``, ``int``, ``list[str]``...
+a connection pool (from ``_connections``), whose connections carry the hot path's commands
+through a ``_lane.Lane`` and the rare ones through valkey-py's client, and, for blocking pops,
+connections of its own. Nothing typed ``Any`` leaves this module: callers get ``bool``,
+``int``, ``list[str]``...
 """
 
 from __future__ import annotations
 
-import logging
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from valkey.asyncio import ConnectionPool, Valkey
+from valkey.asyncio import Valkey
 from valkey.asyncio.connection import AbstractConnection
-from valkey.asyncio.retry import Retry
-from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from valkey.backoff import NoBackoff
-from valkey.exceptions import (
-    AskError,
-    ClusterDownError,
-    NoScriptError,
-    TryAgainError,
-    ValkeyClusterException,
-)
+from valkey.exceptions import NoScriptError
 
 from . import _scripts
-from ._health import health_checked, take_interval
+from ._connections import build_pool, close_connections, pool_connections
 from ._hosts import Host, SentinelHost, ServerHost
 from ._lane import Lane
 from ._per_loop import release_dead
-from ._retry import TRANSIENT_ERRORS as TRANSIENT_ERRORS
-from ._retry import retrying
-from .exceptions import ConfigurationError, NotReplicated, ServerUnreachable
-
-logger = logging.getLogger(__name__)
-
-#: Errors of a blocking pop after which the reader reconnects, looking the queue's server up
-#: again: connection trouble, and on a cluster a slot that moved or a failover in progress.
-REDIRECT_ERRORS: tuple[type[Exception], ...] = (
-    *TRANSIENT_ERRORS,
-    AskError,  # MovedError is an AskError
-    TryAgainError,
-    ClusterDownError,
-    ValkeyClusterException,  # no node answered while the slot map was reloaded
-)
-
-
-def no_retry() -> Retry:
-    """valkey-py's retry for the layers' connections: none. A connection error ends the
-    attempt, and the layer's own policy (``_retry``) decides whether to make another;
-    retrying here too would multiply the attempts under that policy's deadline. A ``retry``
-    the user puts in a host's options is kept: it then works inside each of the layer's
-    attempts, which makes them, and the time to ``ServerUnreachable``, longer."""
-    return Retry(NoBackoff(), 0)
-
-
-#: Connection defaults for networks that drop idle connections (managed Valkey services,
-#: load balancers, NAT): TCP keepalive probes after a minute of silence and a bounded connect,
-#: so an unreachable host fails in seconds. Each can be overridden in the host's options.
-#: ``health_check_interval`` (on by default) is handled by ``_health``, not by valkey-py.
-MANAGED_DEFAULTS: dict[str, Any] = {
-    "socket_keepalive": True,
-    "socket_keepalive_options": {
-        option: value
-        for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
-        if (option := getattr(socket, name, None)) is not None
-    },
-    "socket_connect_timeout": 5,
-}
-
-
-def _is_unix_socket(host: Host) -> bool:
-    if not isinstance(host, ServerHost):
-        return False
-    return (host.url or "").startswith("unix:") or "path" in host.kwargs
-
-
-def connection_kwargs(host: Host) -> dict[str, Any]:
-    """The user's connection options, with the layer's defaults for what they left out."""
-    kwargs = dict(host.kwargs)
-    if kwargs.get("decode_responses"):
-        raise ConfigurationError(
-            f"{host.describe()}: decode_responses must stay off, messages are binary"
-        )
-    kwargs["decode_responses"] = False
-    for option, value in MANAGED_DEFAULTS.items():
-        if option.startswith("socket_keepalive") and _is_unix_socket(host):
-            continue  # no TCP under a unix socket
-        kwargs.setdefault(option, value)
-    kwargs.setdefault("retry", no_retry())
-    return kwargs
-
-
-def build_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
-    """A connection pool for ``host``; no connection is opened until a command needs one.
-    Its connections are health-checked (``_health``)."""
-    pool = _unchecked_pool(host)
-    interval = take_interval(pool.connection_kwargs, host.describe())
-    pool.connection_class = health_checked(pool.connection_class, interval)
-    return pool
-
-
-def _unchecked_pool(host: ServerHost | SentinelHost) -> ConnectionPool:
-    kwargs = connection_kwargs(host)
-    if isinstance(host, SentinelHost):
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(host.sentinels), sentinel_kwargs=dict(host.sentinel_kwargs)
-        )
-        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            host.master_name, sentinel, **kwargs
-        )
-    if host.url is not None:
-        return ConnectionPool.from_url(host.url, **kwargs)
-    if "path" in kwargs:
-        from valkey.asyncio.connection import UnixDomainSocketConnection
-
-        kwargs.setdefault("connection_class", UnixDomainSocketConnection)
-    return ConnectionPool(**kwargs)
-
-
-async def close_connections(pool: ConnectionPool, lane: Lane) -> None:
-    """Close every connection made by ``pool``: the lane's, the pool's own, and those a
-    Sentinel-managed pool opened to ask the sentinels (it does not close those itself)."""
-    await lane.aclose()
-    await pool.disconnect()
-    if isinstance(pool, SentinelConnectionPool):
-        for sentinel in pool.sentinel_manager.sentinels:
-            await sentinel.aclose()
-
-
-def pool_connections(pool: ConnectionPool) -> list[AbstractConnection]:
-    """Every connection ``pool`` made and still holds, and those of a Sentinel-managed pool's
-    sentinels (valkey-py offers no public list)."""
-    pools = [pool]
-    if isinstance(pool, SentinelConnectionPool):
-        pools += [sentinel.connection_pool for sentinel in pool.sentinel_manager.sentinels]
-    connections: list[AbstractConnection] = []
-    for each in pools:
-        connections += getattr(each, "_available_connections", [])
-        connections += getattr(each, "_in_use_connections", [])
-    return connections
-
-
-def check_host(host: ServerHost | SentinelHost) -> None:
-    """Fail at construction on connection options valkey-py would only reject at connect time."""
-    try:
-        pool = build_pool(host)
-        pool.make_connection()  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError) as error:
-        raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
-    if pool.connection_kwargs.get("decode_responses"):  # set in the URL's query string
-        raise ConfigurationError(
-            f"{host.describe()}: decode_responses must stay off, messages are binary"
-        )
+from ._retry import TRANSIENT_ERRORS, retrying
+from .exceptions import NotReplicated, ServerUnreachable
 
 
 @dataclass(frozen=True)

@@ -22,54 +22,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import cast
 
-from valkey.asyncio.cluster import ClusterNode, ValkeyCluster
-from valkey.asyncio.connection import AbstractConnection, Connection
+from valkey.asyncio.cluster import ClusterNode
+from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError
 
 from . import _scripts
-from ._client import AliveReply, BatchWrite, ReplicaWait, batch_args, connection_kwargs, parse_alive
+from ._client import AliveReply, BatchWrite, ReplicaWait, batch_args, parse_alive
 from ._cluster_lanes import ClusterLanes
 from ._cluster_routing import Call, positions_by
-from ._health import health_checked, take_interval
+from ._connections import build_cluster
 from ._hosts import ClusterHost, Host
-from .exceptions import ConfigurationError, ServerUnreachable
-
-
-def build_cluster(host: ClusterHost) -> ValkeyCluster:
-    kwargs = connection_kwargs(host)
-    # The cluster client retries redirections itself; connection-level retries would only
-    # delay its own recovery, which reloads the slot map. Without a ``retry`` and with no
-    # connection-error attempts, its nodes' connections get no retries of their own.
-    kwargs.pop("retry", None)
-    kwargs.pop("retry_on_error", None)
-    kwargs.setdefault("connection_error_retry_attempts", 0)
-    # Its commands try once more after a connection error, on the reloaded slot map, and then
-    # leave retrying to the layer's policy; 1 is also the least its pipelines work with (with
-    # 0 they run no attempt at all).
-    kwargs.setdefault("cluster_error_retry_attempts", 1)
-    # Follow MOVED by patching the slot map, never by valkey-py's periodic full reload: a
-    # reload closes the connections of commands in flight, which valkey-py then resends, so a
-    # message could be queued twice while slots move.
-    kwargs.setdefault("reinitialize_steps", 0)
-    interval = take_interval(kwargs, host.describe())
-    nodes = [ClusterNode(node_host, port) for node_host, port in host.startup_nodes]
-    client = ValkeyCluster(startup_nodes=nodes, **kwargs)
-    # valkey-py picks the connection class itself; every node it creates later, and the
-    # layers' own connections, read it from the client's connection options.
-    options = client.get_connection_kwargs()
-    checked = health_checked(cast("type[Connection]", options["connection_class"]), interval)
-    options["connection_class"] = checked
-    for node in client.nodes_manager.startup_nodes.values():
-        node.connection_class = checked
-    return client
-
-
-def check_cluster_host(host: ClusterHost) -> None:
-    try:
-        client = build_cluster(host)
-    except (TypeError, ValueError) as error:
-        raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
-    del client
+from .exceptions import ServerUnreachable
 
 
 class ClusterShard:

@@ -8,7 +8,7 @@ carries every non-blocking command of the event loop to it (the layers' connecti
 - *Slot map*: valkey-py's (``ValkeyCluster.nodes_manager``) reads and holds it; a command's
   slot is looked up there and its call goes to that primary's lane. Each node's lane is built
   on a pool for that node with the cluster client's connection options (TLS, auth, the
-  health-checked connection class of ``_cluster.build_cluster``); :meth:`ClusterLanes._node`
+  health-checked connection class of ``_connections.build_cluster``); :meth:`ClusterLanes._node`
   is the one place that makes them.
 - *Operations over many slots* (``_cluster_routing.Progress``): the calls are grouped by primary,
   each group goes out in one ``execute_many`` on its lane, the primaries concurrently.
@@ -44,8 +44,8 @@ from valkey.cluster import PRIMARY
 from valkey.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
 from . import _cluster_routing as routing
-from ._client import REDIRECT_ERRORS, pool_connections
 from ._cluster_routing import Call, Route, Step
+from ._connections import REDIRECT_ERRORS, pool_connections
 from ._lane import Lane
 from ._per_loop import quiet, release_dead
 from ._retry import TRANSIENT_ERRORS, Outage, retrying

@@ -42,16 +42,15 @@ from valkey.asyncio.cluster import ClusterNode
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
-from ._client import TRANSIENT_ERRORS
-from ._cluster import build_cluster
 from ._cluster_lanes import ClusterLanes
 from ._cluster_routing import Call
+from ._connections import build_cluster
 from ._health import without_health_check
 from ._hosts import ClusterHost
 from ._pubsub_state import ChannelClosed
 from ._pubsub_subscriber import Hooks, Subscriber
 from ._pubsub_wire import SHARDED
-from ._retry import retrying
+from ._retry import TRANSIENT_ERRORS, retrying
 from .exceptions import ServerUnreachable
 
 logger = logging.getLogger(__name__)

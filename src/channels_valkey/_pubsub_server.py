@@ -7,7 +7,7 @@ A :class:`Placement` routes each pub/sub name to the connection that carries it.
   classic ``PUBLISH``/``SUBSCRIBE``;
 - ``ClusterPlacement`` (``_pubsub_cluster``): a Valkey Cluster, with sharded pub/sub.
 
-One server is a :class:`PubSubServer`: a pool (from ``_client.build_pool``, which handles TLS,
+One server is a :class:`PubSubServer`: a pool (from ``_connections.build_pool``, which handles TLS,
 unix sockets and Sentinel) serves ``PUBLISH``; subscriptions use a connection made by that pool
 but kept outside it, owned by a :class:`~channels_valkey._pubsub_subscriber.Subscriber`,
 because a subscribed connection can carry nothing else.
@@ -21,12 +21,13 @@ from typing import Protocol
 
 from valkey.asyncio.connection import AbstractConnection
 
-from ._client import TRANSIENT_ERRORS, build_pool, close_connections, pool_connections
+from ._connections import build_pool, close_connections, pool_connections
 from ._health import without_health_check
 from ._hosts import SentinelHost, ServerHost
 from ._lane import Lane
 from ._per_loop import release_dead
 from ._pubsub_subscriber import Hooks, Subscriber
+from ._retry import TRANSIENT_ERRORS
 from ._sharding import shard_index
 from .exceptions import ServerUnreachable
 

@@ -46,7 +46,6 @@ from typing import Protocol
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
-from ._client import TRANSIENT_ERRORS
 from ._log import RateLimitedLog
 from ._per_loop import quiet, release_dead
 from ._pubsub_state import ChannelClosed
@@ -64,7 +63,7 @@ from ._pubsub_wire import (
     batch,
     parse_reply,
 )
-from ._retry import DEADLINE, pause
+from ._retry import DEADLINE, TRANSIENT_ERRORS, pause
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 

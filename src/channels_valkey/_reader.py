@@ -31,11 +31,12 @@ from typing import cast
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError
 
-from ._client import REDIRECT_ERRORS, TRANSIENT_ERRORS, QueueServer
+from ._client import QueueServer
+from ._connections import REDIRECT_ERRORS
 from ._log import RateLimitedLog
 from ._per_loop import quiet, release_dead
 from ._receiver import Demand
-from ._retry import Outage
+from ._retry import TRANSIENT_ERRORS, Outage
 from .exceptions import ServerUnreachable
 from .stats import StatsRecorder
 

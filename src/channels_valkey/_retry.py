@@ -27,7 +27,7 @@ confirmation ``DEADLINE`` seconds, while its connection keeps trying in the back
 
 valkey-py can retry too (a ``Retry`` on each connection, and a cluster client's own attempts).
 Under this policy those retries would multiply the attempts, so the layers give connections
-no retries of their own (``_client.connection_kwargs``, ``_cluster.build_cluster``).
+no retries of their own (``_connections.connection_kwargs``, ``_connections.build_cluster``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ._client import QueueServer, Shard, check_host
-from ._cluster import ClusterShard, check_cluster_host
+from ._client import QueueServer, Shard
+from ._cluster import ClusterShard
+from ._connections import check_cluster_host, check_host
 from ._hosts import ClusterHost, Host
 
 

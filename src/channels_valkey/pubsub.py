@@ -40,8 +40,7 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from ._background import background, warm
-from ._client import check_host
-from ._cluster import check_cluster_host
+from ._connections import check_cluster_host, check_host
 from ._hosts import ClusterHost
 from ._log import RateLimitedLog
 from ._messages import check_message, check_messages, check_size
