@@ -31,7 +31,6 @@ from valkey.exceptions import AuthenticationError, NoPermissionError, ResponseEr
 from ._cli_links import (
     FAILURES,
     UNREACHABLE,
-    Arg,
     ClientLink,
     Link,
     NodeLink,
@@ -43,6 +42,7 @@ from ._cli_table import plural, table
 from ._client import Shard
 from ._connections import build_cluster
 from ._hosts import ClusterHost, Host, SentinelHost, ServerHost
+from ._scripts import Arg
 
 #: The oldest server the layer runs on: BZMPOP (the layer's blocking pop) came with 7.0, so every
 #: Valkey (the first was 7.2) and Redis from 7.0; the CI matrix runs the suite on Redis 7.0.

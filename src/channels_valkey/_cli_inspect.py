@@ -28,12 +28,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._cli_links import FAILURES, Arg, ClientLink, Link, NodeLink, describe_error, text
+from ._cli_links import FAILURES, ClientLink, Link, NodeLink, describe_error, text
 from ._cli_table import plural, table
 from ._client import Shard
 from ._connections import build_cluster
 from ._hosts import ClusterHost, Host
 from ._keys import ALIVE_SUFFIX, UNDECODABLE_SUFFIX, KeySpace
+from ._scripts import Arg
 
 SCAN_COUNT = 1000
 

@@ -26,8 +26,7 @@ from valkey.exceptions import TimeoutError as ValkeyTimeoutError
 from valkey.exceptions import ValkeyClusterException, ValkeyError
 
 from ._hosts import ClusterHost, Host, SentinelHost
-
-Arg = str | bytes | int | float
+from ._scripts import Arg
 
 #: Errors that mean the server could not be reached (or refused to log us in: valkey-py's
 #: AuthenticationError is a ConnectionError), as opposed to a reply the server refused.

@@ -77,10 +77,7 @@ def _is_unix_socket(host: Host) -> bool:
 def connection_kwargs(host: Host) -> dict[str, Any]:
     """The user's connection options, with the layer's defaults for what they left out."""
     kwargs = dict(host.kwargs)
-    if kwargs.get("decode_responses"):
-        raise ConfigurationError(
-            f"{host.describe()}: decode_responses must stay off, messages are binary"
-        )
+    _require_binary(host, kwargs)
     kwargs["decode_responses"] = False
     for option, value in MANAGED_DEFAULTS.items():
         if option.startswith("socket_keepalive") and _is_unix_socket(host):
@@ -147,10 +144,22 @@ def check_host(host: ServerHost | SentinelHost) -> None:
         pool.make_connection()  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"{host.describe()}: bad connection option: {error}") from error
-    if pool.connection_kwargs.get("decode_responses"):  # set in the URL's query string
+    _require_binary(host, pool.connection_kwargs)  # it may be set in the URL's query string
+
+
+def _require_binary(host: Host, options: dict[str, Any]) -> None:
+    if options.get("decode_responses"):
         raise ConfigurationError(
             f"{host.describe()}: decode_responses must stay off, messages are binary"
         )
+
+
+def check_server(host: Host) -> None:
+    """Fail at construction on options the client would only reject when connecting."""
+    if isinstance(host, ClusterHost):
+        check_cluster_host(host)
+    else:
+        check_host(host)
 
 
 def build_cluster(host: ClusterHost) -> ValkeyCluster:

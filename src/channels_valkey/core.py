@@ -38,6 +38,7 @@ from ._alive import Liveness
 from ._background import background, warm
 from ._client import QueueServer, ReplicaWait
 from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
+from ._connections import check_server
 from ._hosts import ClusterHost, Host
 from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
 from ._log import RateLimitedLog
@@ -47,7 +48,6 @@ from ._per_loop import PerLoop
 from ._plan import QueueWrite, batch_scores, plan_group_send
 from ._reader import Popped, QueueReader
 from ._receiver import Mailbox, Message
-from ._servers import check_server
 from ._sharding import shard_index
 from .exceptions import ConfigurationError, ServerUnreachable
 from .serializers import registry

@@ -40,8 +40,7 @@ from typing import Any
 from channels.layers import BaseChannelLayer
 
 from ._background import background, warm
-from ._connections import check_cluster_host, check_host
-from ._hosts import ClusterHost
+from ._connections import check_server
 from ._log import RateLimitedLog
 from ._messages import check_message, check_messages, check_size
 from ._per_loop import PerLoop
@@ -110,10 +109,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             max_message_size=max_message_size,
         )
         for host in self.config.hosts:
-            if isinstance(host, ClusterHost):
-                check_cluster_host(host)
-            else:
-                check_host(host)
+            check_server(host)
         # No random prefix and no expiry: the bytes channels_redis' pub/sub layer publishes.
         self._serializer = registry.get_serializer(
             serializer_format,
