@@ -56,6 +56,12 @@ from ._health import probe_interval, probe_timeout
 from ._per_loop import quiet, release_dead
 from ._retry import TRANSIENT_ERRORS, Outage
 
+try:  # valkey-py's libvalkey reply reader, when libvalkey is installed (see _Replies)
+    from valkey._parsers.libvalkey import NOT_ENOUGH_DATA, _AsyncLibvalkeyParser
+except ImportError:  # pragma: no cover - a valkey-py without it
+    _AsyncLibvalkeyParser = None  # type: ignore[assignment,misc]
+    NOT_ENOUGH_DATA = object()
+
 
 class Lane:
     """The non-blocking commands of one event loop to one server."""
@@ -170,7 +176,15 @@ class _Link:
         self._ready = False  # connected, and not waiting for a health-check PING
         self._probe_after = probe_interval(connection)
         self._last_write = time.monotonic()
-        self._sent_one: asyncio.Future[None] | None = None  # wakes the reader
+        self._sent_one: asyncio.Future[None] | None = None  # wakes the reader task
+        #: Set once the link has ended (see _fail).
+        self._ended: asyncio.Future[None] = self._loop.create_future()
+        #: The transport's reader of replies, once connected, when it can be used (else the
+        #: task reads them).
+        self._replies: _Replies | None = None
+        self._reply_timeout = float(connection.socket_timeout or 0)
+        self._waiting_since = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._task = self._loop.create_task(self._run(), name=f"channels_valkey lane {connection}")
 
     async def call(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -220,8 +234,12 @@ class _Link:
         if writer is None:
             self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
             return
+        if not self._sent:
+            self._waiting_since = now
         self._sent.extend(calls)  # before writing: a failed write fails them too
         self._last_write = now
+        if self._replies is not None and self._reply_timeout and self._watchdog is None:
+            self._watchdog = self._loop.call_later(self._reply_timeout, self._watch)
         try:
             writer.writelines(chunks)
         except (OSError, RuntimeError) as error:
@@ -272,8 +290,12 @@ class _Link:
             self._fail(error)
             return
         self._last_write = time.monotonic()
+        self._replies = _Replies.take_over(self)
         self._ready = True
         self._flush()
+        if self._replies is not None:
+            await self._ended  # the replies arrive through _Replies; _fail ends the link
+            return
         try:
             while await self._wait_for_sent():
                 self._read_one(await self._next_reply())
@@ -299,12 +321,35 @@ class _Link:
             return error  # a whole answer: the connection stays in step
 
     def _read_one(self, reply: Any) -> None:
+        if not self._sent:
+            self._fail(ValkeyConnectionError(f"{self._where()} sent a reply nobody asked for"))
+            return
+        self._waiting_since = time.monotonic()
         call = self._sent[0]
         call.replies.append(reply)
         if len(call.replies) == call.size:
             self._sent.popleft()
             if not call.future.done():  # else its caller was cancelled: the reply is dropped
                 call.future.set_result(call.replies)
+            if not self._sent and self._replies is not None:
+                self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """End a link whose lane is closing, once nothing waits to be written or answered."""
+        if self._lane.closing and not self._sent and not self._queued:
+            self._fail(ValkeyConnectionError(f"Connection to {self._where()} closed"))
+
+    def _watch(self) -> None:
+        """Fail the link when the oldest reply due has not come within ``socket_timeout``
+        (without a reader task, no read is there to time out)."""
+        self._watchdog = None
+        if not self._sent or self.failed is not None:
+            return
+        left = self._waiting_since + self._reply_timeout - time.monotonic()
+        if left > 0:
+            self._watchdog = self._loop.call_later(left, self._watch)
+            return
+        self._fail(ValkeyTimeoutError(f"Timeout reading from {self._where()}"))
 
     def _fail(self, error: BaseException) -> None:
         """End the link: every call on it gets ``error``; after a connection error its
@@ -314,6 +359,10 @@ class _Link:
         self.failed = error
         self._ready = False
         self._lane.dropped(self)
+        if not self._ended.done():
+            self._ended.set_result(None)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         writer = self.connection._writer
         if writer is not None:
             writer.close()  # a read still waiting on it ends now; the task then disconnects
@@ -336,6 +385,8 @@ class _Link:
         """Let the reader finish the calls written so far, then close the connection."""
         if self._sent_one is not None and not self._sent_one.done():
             self._sent_one.set_result(None)  # the reader sees the lane closing
+        if self._replies is not None:
+            self._close_if_done()
         await asyncio.wait({self._task})
 
     def abandon(self) -> None:
@@ -344,3 +395,61 @@ class _Link:
 
     def _where(self) -> str:
         return str(self.connection._host_error())
+
+
+class _Replies(asyncio.Protocol):
+    """Parses a link's replies as the bytes arrive and hands each to its call, so the caller
+    wakes on the next turn of the loop: a reader task in between would cost every reply one
+    turn more, which under a busy loop (a thousand consumers) is most of a command's time.
+
+    It replaces the transport's protocol (asyncio's stream protocol) once valkey-py has
+    connected and said hello, and uses the connection's libvalkey reply reader, so replies,
+    error replies and their exception classes are valkey-py's. Without libvalkey (valkey-py's
+    pure-Python parser reads from the stream), the link's task reads replies instead.
+    """
+
+    def __init__(self, link: _Link, reader: Any, stream: asyncio.BaseProtocol) -> None:
+        self._link = link
+        self._reader = reader
+        self._stream = stream
+
+    @classmethod
+    def take_over(cls, link: _Link) -> _Replies | None:
+        connection = link.connection
+        parser = getattr(connection, "_parser", None)
+        reader = getattr(parser, "_reader", None)
+        writer = connection._writer
+        stream = connection._reader
+        if (
+            _AsyncLibvalkeyParser is None
+            or not isinstance(parser, _AsyncLibvalkeyParser)
+            or reader is None
+            or writer is None
+            or stream is None
+            or stream._buffer  # type: ignore[attr-defined]  # bytes the stream has not handed on
+        ):
+            return None
+        transport = writer.transport
+        replies = cls(link, reader, transport.get_protocol())
+        transport.set_protocol(replies)
+        return replies
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        link = self._link
+        while link.failed is None:
+            reply = self._reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                return
+            if isinstance(reply, ValkeyConnectionError):  # e.g. "max number of clients"
+                link._fail(reply)
+                return
+            link._read_one(reply)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._fail(ValkeyConnectionError(f"Connection to {self._link._where()} lost"))
+        # The stream's protocol learns it too, so closing the connection's stream completes.
+        self._stream.connection_lost(exc)
