@@ -6,14 +6,16 @@ of connections grow with load (200 tasks sending at once, 200 connections, on ev
 and each command its own write and its own read. Here, the first command of a turn of the event
 loop is written at once (a lone command waits for nothing), the commands that other tasks issue
 during the rest of that turn together, in one write at its end; their replies are read back in
-order by one reader task: the reply to the n-th command written is the n-th reply read, so a
-queue of waiting calls is the whole protocol (valkey-glide, ioredis and lettuce multiplex the
+order, as the bytes arrive (:class:`_Replies`, with libvalkey) or by the link's task (without
+it): the reply to the n-th command written is the n-th reply read, so a queue of waiting calls
+is the whole protocol (valkey-glide, ioredis and lettuce multiplex the
 same way). More concurrency means bigger writes, not more connections.
 
 Ownership and endings:
 
 - a :class:`Lane` (one per server, per event loop) owns its current :class:`_Link`: one
-  connection from connect to failure, and the task that connects it and reads its replies. A
+  connection from connect to failure, and the task that connects it and, once it ends, closes
+  it (without libvalkey, the task also reads the replies). A
   link that fails is dropped; the next command makes a new one. ``aclose()`` ends the link once
   the commands in flight have their replies; a loop closed under it is handled by
   :meth:`Lane.abandon` (see ``_per_loop``);
@@ -24,7 +26,8 @@ Ownership and endings:
   a new link under the layer's retry policy (``_retry``: backoff until a deadline), then raises
   the error. A command written before the connection failed may have run: it is sent again all
   the same (at least once), as any client must;
-- a reply that does not come within ``socket_timeout`` fails the link like a connection error;
+- a reply that does not come within ``socket_timeout`` fails the link like a connection error
+  (a watchdog timer while replies are due, or the task's read);
 - health check (``_health``): a link that wrote nothing for ``health_check_interval`` seconds
   sends a ``PING`` first and holds the waiting commands until its answer, so a connection that
   a load balancer dropped in silence costs a probe timeout, not a lost command and a read
@@ -204,8 +207,8 @@ class _Link:
             self._flush_scheduled = True
             self._write_queued()
             self._loop.call_soon(self._flush)
-        # A cancelled caller leaves its future cancelled: _flush skips it if it was not
-        # written yet, _read drops its replies if it was.
+        # A cancelled caller leaves its future cancelled: _write_queued skips it if it was
+        # not written yet, _read_one drops its replies if it was.
         return await call.future
 
     def _flush(self) -> None:
@@ -294,6 +297,7 @@ class _Link:
         self._ready = True
         self._flush()
         if self._replies is not None:
+            self._close_if_done()  # closed while connecting, with nothing to send
             await self._ended  # the replies arrive through _Replies; _fail ends the link
             return
         try:
