@@ -80,3 +80,21 @@ async def test_a_connection_killed_under_waiting_commands(valkey_server: ValkeyS
     assert await asyncio.gather(*waiting) == [b"OK"] * 20
     assert admin.mget([f"k{n}" for n in range(20)]) == [str(n).encode() for n in range(20)]
     await lane.aclose()
+
+
+async def test_a_reply_later_than_socket_timeout_moves_the_command_to_a_new_connection(
+    valkey_server: ValkeyServer,
+) -> None:
+    """The server holds a write (``CLIENT PAUSE``) longer than ``socket_timeout``: the link
+    gives up on its connection, and the command runs once, on a new one, after the pause."""
+    valkey_server.flushall()
+    (host,) = parse_hosts([{"address": valkey_server.url, "socket_timeout": 0.3}])
+    lane = Lane(build_pool(host))  # type: ignore[arg-type]
+    await lane.execute_command("PING")
+    admin = valkey_server.client()
+    opened = int(admin.info("stats")["total_connections_received"])
+    admin.execute_command("CLIENT", "PAUSE", 1_500, "WRITE")  # ends by itself
+    assert await lane.execute_command("INCR", "held") == 1
+    assert int(admin.info("stats")["total_connections_received"]) > opened
+    assert admin.get("held") == b"1"
+    await lane.aclose()
