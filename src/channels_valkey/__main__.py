@@ -1,6 +1,6 @@
-"""``python -m channels_valkey``: the command-line tool (see ``channels_valkey._cli``)."""
+"""``python -m channels_valkey``: the command-line tool (see ``channels_valkey._cli.main``)."""
 
-from channels_valkey._cli import run
+from channels_valkey._cli.main import run
 
 if __name__ == "__main__":
     run(prog="python -m channels_valkey")

@@ -2,7 +2,7 @@
 
 A message waits in Valkey until a consumer takes it, so delivery survives a consumer that is
 slow or restarting, up to ``expiry`` seconds. The key layout and payload format are those of
-``channels_redis`` 4.x, so processes running either package share one server (see ``_keys``).
+``channels_redis`` 4.x, so processes running either package share one server (see ``_queue.keys``).
 
 Costs per operation (client round trips): ``send`` 1; ``receive`` at most 1, fewer when a
 burst arrives (one ``BZMPOP`` pops up to ``capacity`` messages for this process's channels);
@@ -11,8 +11,8 @@ whatever the group's size; ``group_size`` 1; ``group_add``/``group_discard`` 1. 
 cost the same whatever the number of messages: ``send_multiple`` 1, ``group_send_multiple`` as
 ``group_send`` (on a cluster, 1 per slot holding members, pipelined per node).
 
-Liveness (``process_expiry``, see ``_alive``): a layer receiving on its process-local channels
-heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
+Liveness (``process_expiry``, see ``_queue.liveness``): a layer receiving on its process-local
+channels heartbeats with one script call every ``process_expiry / 4`` seconds; channels of processes
 that stopped heartbeating leave groups at the next ``group_send`` or ``group_size`` of each
 group, which then also reads the registry again to confirm them, and sends one ``ZREM`` and
 one ``UNLINK`` per server holding dead queues.
@@ -34,21 +34,21 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from ._alive import Liveness
-from ._background import background, warm
-from ._client import QueueServer, ReplicaWait
-from ._config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
-from ._connections import check_server
-from ._hosts import ClusterHost, Host
-from ._keys import RESERVED_KEY, KeySpace, is_process_local, non_local_name
-from ._log import RateLimitedLog
-from ._loops import LoopResources
-from ._messages import check_message, check_messages, check_size
-from ._per_loop import PerLoop
-from ._plan import QueueWrite, batch_scores, plan_group_send
-from ._reader import Popped, QueueReader
-from ._receiver import Mailbox, Message
-from ._sharding import shard_index
+from ._common.background import background, warm
+from ._common.connections import check_server
+from ._common.hosts import ClusterHost, Host
+from ._common.log import RateLimitedLog
+from ._common.messages import RESERVED_KEY, check_message, check_messages, check_size
+from ._common.per_loop import PerLoop
+from ._common.sharding import shard_index
+from ._queue.config import DEFAULT_PROCESS_EXPIRY, LayerConfig, build_config
+from ._queue.keys import KeySpace, is_process_local, non_local_name
+from ._queue.liveness import Liveness
+from ._queue.loop_resources import LoopResources
+from ._queue.mailbox import Mailbox, Message
+from ._queue.plan import QueueWrite, batch_scores, plan_group_send
+from ._queue.reader import Popped, QueueReader
+from ._queue.shard import QueueServer, ReplicaWait
 from .exceptions import ConfigurationError, ServerUnreachable
 from .serializers import registry
 from .stats import LayerStats, StatsRecorder
@@ -411,7 +411,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _holds_running_loop(self) -> bool:
         """Whether this layer holds connections or consumers on the running loop (see
-        ``_background.warm``)."""
+        ``_common.background.warm``)."""
         return self._loops.existing() is not None
 
     # --- flush extension and closing -------------------------------------------------------
@@ -432,7 +432,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def close(self) -> None:
         """Close this event loop's connections and readers, and those the layer's sends from
-        short-lived loops use on the background loop (``_background.warm``); safe to call
+        short-lived loops use on the background loop (``_common.background.warm``); safe to call
         several times."""
         await self.close_pools()
         await background.close_there(self._loops.close_current)

@@ -54,7 +54,7 @@ class ServerUnreachable(ConnectionError):
 
     A ``ConnectionError`` (the built-in one), raised by ``send``, ``group_send`` and the other
     calls when the server stays unreachable past the retry policy's deadline (10 s, plus the
-    attempt in flight then; see ``_retry``), and by ``receive`` when its reader cannot
+    attempt in flight then; see ``_common.retry``), and by ``receive`` when its reader cannot
     reconnect within it. The message names the server.
     """
 

@@ -24,7 +24,7 @@ same time); ``receive`` none; freeing a channel 1 ``UNSUBSCRIBE``, not awaited;
 On a Valkey Cluster (a ``{"cluster": True, ...}`` entry in ``hosts``) the layer uses sharded
 pub/sub with the same names: ``SPUBLISH`` to the primary serving the name's slot,
 ``SSUBSCRIBE`` on one connection per primary holding subscribed names, following slot moves
-and failovers (see ``_pubsub_cluster``). Costs are the same, except that names subscribed at
+and failovers (see ``_pubsub.cluster``). Costs are the same, except that names subscribed at
 the same time go in one ``SSUBSCRIBE`` per slot (written together), and the first
 subscription on a loop reads the slot map once (``CLUSTER SLOTS``).
 """
@@ -39,14 +39,14 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from ._background import background, warm
-from ._connections import check_server
-from ._log import RateLimitedLog
-from ._messages import check_message, check_messages, check_size
-from ._per_loop import PerLoop
-from ._pubsub_config import PubSubConfig, build_pubsub_config
-from ._pubsub_loop import LoopLayer
-from ._pubsub_state import (
+from ._common.background import background, warm
+from ._common.connections import check_server
+from ._common.log import RateLimitedLog
+from ._common.messages import check_message, check_messages, check_size
+from ._common.per_loop import PerLoop
+from ._pubsub.config import PubSubConfig, build_pubsub_config
+from ._pubsub.loop_layer import LoopLayer
+from ._pubsub.state import (
     DEFAULT_CHANNEL_BYTES,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TOTAL_BYTES,
@@ -70,7 +70,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     names moved to another node), e.g. ``on_disconnect="valkey.disconnect"`` runs a consumer's
     ``valkey_disconnect`` handler.
 
-    How much waits in a local channel's queue for its consumer (see ``_pubsub_state``): any
+    How much waits in a local channel's queue for its consumer (see ``_pubsub.state``): any
     number of messages while the consumer reads, up to ``channel_buffer_bytes`` beyond
     ``capacity`` messages for one channel and ``total_buffer_bytes`` for all local channels of
     the process (of one event loop) together; only ``capacity`` messages once the consumer has
@@ -285,7 +285,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _holds_running_loop(self) -> bool:
         """Whether this layer holds connections or consumers on the running loop (see
-        ``_background.warm``)."""
+        ``_common.background.warm``)."""
         return self._loops.existing() is not None
 
     # --- flush extension and closing -------------------------------------------------------
@@ -304,8 +304,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def close(self) -> None:
         """Unsubscribe and close this event loop's connections, and those the layer's sends
-        from short-lived loops use on the background loop (``_background.warm``); safe to call
-        several times.
+        from short-lived loops use on the background loop (``_common.background.warm``); safe to
+        call several times.
 
         Not required: a loop's connections also close when ``asyncio.run()`` or
         ``async_to_sync`` finishes the loop.

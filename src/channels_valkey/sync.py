@@ -4,7 +4,7 @@ Celery tasks.
 ``async_to_sync(layer.group_send)(...)`` makes an event loop per call, and a layer's
 connections belong to one loop, so every such call opens and closes a connection. These
 functions run the layer's methods on one long-lived event loop per process instead (see
-``_background``), whose connections stay open between calls::
+``_common.background``), whose connections stay open between calls::
 
     from channels_valkey import sync
 
@@ -34,7 +34,7 @@ from channels import DEFAULT_CHANNEL_LAYER
 from channels.exceptions import InvalidChannelLayerError
 from channels.layers import get_channel_layer
 
-from ._background import background
+from ._common.background import background
 
 __all__ = ["group_send", "group_send_multiple", "send", "send_multiple"]
 

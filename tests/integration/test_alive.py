@@ -359,7 +359,7 @@ async def test_a_process_that_was_silent_too_long_says_so(
     shard = (await layer._resources()).shards[0]
     assert await liveness.beat(shard)
     register_dead(valkey_server, layer.client_prefix, silent=100)
-    with caplog.at_level("WARNING", logger="channels_valkey._alive"):
+    with caplog.at_level("WARNING", logger="channels_valkey._queue.liveness"):
         assert await liveness.beat(shard)
     assert "did not heartbeat for 100 s" in caplog.text
 
@@ -380,7 +380,7 @@ async def test_a_user_not_allowed_info_writes_nothing_and_sends_as_before(
         liveness = layer._liveness
         assert liveness is not None
         shard = (await layer._resources()).shards[0]
-        with caplog.at_level("WARNING", logger="channels_valkey._alive"):
+        with caplog.at_level("WARNING", logger="channels_valkey._queue.liveness"):
             await liveness.beat(shard)
         assert "Could not record this process's heartbeat" in caplog.text
         assert admin.exists("asgi$alive") == 0

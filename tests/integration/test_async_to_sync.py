@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
-from channels_valkey._background import background
+from channels_valkey._common.background import background
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from servers import ValkeyServer

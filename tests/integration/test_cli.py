@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._cli import main
+from channels_valkey._cli.main import main
 from channels_valkey.core import ValkeyChannelLayer
 from servers import SERVER_KIND, SentinelGroup, Topology, ValkeyServer, free_port
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from test_cli import fill, hosts_args
 
-from channels_valkey._cli import main
-from channels_valkey._cli_table import plural
+from channels_valkey._cli.main import main
+from channels_valkey._cli.table import plural
 from channels_valkey.core import ValkeyChannelLayer
 from servers import Topology, ValkeyServer, free_port
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._per_loop import quiet
+from channels_valkey._common.per_loop import quiet
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from servers import ValkeyServer
@@ -97,7 +97,7 @@ def test_a_loop_closed_without_cleanup_leaves_nothing_behind(
     assert len(printed) == 1, [r.getMessage() for r in printed]
     ours = [r.getMessage() for r in caplog.records if "name='channels_valkey" in r.getMessage()]
     assert ours == []
-    assert printed[0].name == "channels_valkey._per_loop"
+    assert printed[0].name == "channels_valkey._common.per_loop"
     assert "closed while" in printed[0].getMessage()
 
 
@@ -110,7 +110,7 @@ import os
 
 import pytest
 
-from channels_valkey._per_loop import quiet
+from channels_valkey._common.per_loop import quiet
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from channels.exceptions import ChannelFull
 
-from channels_valkey._receiver import STALLED_AFTER
+from channels_valkey._queue.mailbox import STALLED_AFTER
 from channels_valkey.core import ValkeyChannelLayer
 from servers import ValkeyServer, wait_for
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from valkey.asyncio.connection import AbstractConnection
 
-from channels_valkey import _client, _retry
+from channels_valkey._common import retry
+from channels_valkey._queue.shard import Shard
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import NotReplicated, ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, wait_for
@@ -106,7 +107,7 @@ async def test_sentinel_failover_keeps_the_same_layer_working(
 
 
 async def test_unreachable_host_raises_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_retry, "DEADLINE", 0.5)
+    monkeypatch.setattr(retry, "DEADLINE", 0.5)
     layer = ValkeyChannelLayer(hosts=["valkey://127.0.0.1:1"])
     with pytest.raises(ServerUnreachable, match=r"cannot reach Valkey at valkey://127\.0\.0\.1:1"):
         await layer.send("chan", {"type": "m"})
@@ -248,7 +249,7 @@ async def test_a_message_that_cannot_go_back_to_valkey_is_kept(
     async def refuse(*_: object) -> None:
         raise ServerUnreachable(valkey_server.url, ConnectionError("injected"))
 
-    monkeypatch.setattr(_client.Shard, "requeue", refuse)
+    monkeypatch.setattr(Shard, "requeue", refuse)
     abandoned = asyncio.create_task(layer.receive("jobs"))
     await readers_blocked(valkey_server, 1)
     abandoned.cancel()

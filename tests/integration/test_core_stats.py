@@ -10,7 +10,7 @@ import pytest
 from channels.exceptions import ChannelFull
 from prometheus_client import CollectorRegistry, generate_latest
 
-from channels_valkey import _receiver
+from channels_valkey._queue import mailbox
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.prometheus import register
 from channels_valkey.stats import LayerStats
@@ -61,7 +61,7 @@ async def test_buffer_drops_and_expired_messages_are_counted(
     await asyncio.wait_for(layer.receive(busy), 5)  # slow's buffer holds 2: the third drops
     assert layer.stats().dropped_from_buffers == 1
     real_time = time.time
-    monkeypatch.setattr(_receiver.time, "time", lambda: real_time() + 3600)
+    monkeypatch.setattr(mailbox.time, "time", lambda: real_time() + 3600)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive(slow), 0.2)
     assert layer.stats().expired == 2

@@ -1,12 +1,12 @@
-"""The multiplexed connection every non-blocking command of a loop shares (``_lane``)."""
+"""The multiplexed connection every non-blocking command of a loop shares (``_common.lane``)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from channels_valkey._connections import build_pool
-from channels_valkey._hosts import parse_hosts
-from channels_valkey._lane import Lane
+from channels_valkey._common.connections import build_pool
+from channels_valkey._common.hosts import parse_hosts
+from channels_valkey._common.lane import Lane
 from servers import ValkeyServer
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from valkey.crc import key_slot
 
-from channels_valkey._pubsub_loop import LoopLayer
-from channels_valkey._sharding import shard_index
+from channels_valkey._common.sharding import shard_index
+from channels_valkey._pubsub.loop_layer import LoopLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from servers import ValkeyServer, wait_for
 

@@ -35,7 +35,8 @@ from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
 from valkey.exceptions import ResponseError
 
-from channels_valkey import _pubsub_subscriber, _retry
+from channels_valkey._common import retry
+from channels_valkey._pubsub import subscriber
 from channels_valkey.exceptions import ServerUnreachable
 from servers import SentinelGroup, ValkeyServer, free_port
 
@@ -188,7 +189,7 @@ async def test_a_silent_server_is_detected_by_keepalive(
     persistent_server: ValkeyServer, open_layer: OpenLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that stops answering (a frozen host, a dead network path) sends no FIN."""
-    monkeypatch.setattr(_pubsub_subscriber, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(subscriber, "KEEPALIVE_SECONDS", 0.2)
     layer = open_layer([persistent_server.url], **HOOKS)
     channel = await layer.new_channel()
     assert persistent_server.pid is not None
@@ -205,8 +206,8 @@ async def test_a_silent_server_is_detected_by_keepalive(
 async def test_an_unreachable_server_fails_new_channel_and_send_clearly(
     open_layer: OpenLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_pubsub_subscriber, "SUBSCRIBE_TIMEOUT", 0.3)
-    monkeypatch.setattr(_retry, "DEADLINE", 0.3)
+    monkeypatch.setattr(subscriber, "SUBSCRIBE_TIMEOUT", 0.3)
+    monkeypatch.setattr(retry, "DEADLINE", 0.3)
     port = free_port()  # nothing listens there
     layer = open_layer([{"host": "127.0.0.1", "port": port, "retry": Retry(NoBackoff(), 1)}])
     with pytest.raises(ServerUnreachable, match=f"127.0.0.1:{port}"):

@@ -21,8 +21,9 @@ from channels.layers import channel_layers
 from django.conf import settings
 from django.test import override_settings
 
-from channels_valkey import _retry, sync
-from channels_valkey._background import background
+from channels_valkey import sync
+from channels_valkey._common import retry
+from channels_valkey._common.background import background
 from channels_valkey.exceptions import ServerUnreachable
 from servers import ValkeyServer
 
@@ -209,7 +210,7 @@ def test_an_unreachable_server_raises_server_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The layer's own error, after its retry deadline (shortened here)."""
-    monkeypatch.setattr(_retry, "DEADLINE", 0.3)
+    monkeypatch.setattr(retry, "DEADLINE", 0.3)
     with socket.socket() as bound:  # a port that refuses connections: bound, not listening
         bound.bind(("127.0.0.1", 0))
         url = f"redis://127.0.0.1:{bound.getsockname()[1]}"

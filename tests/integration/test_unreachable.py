@@ -1,7 +1,7 @@
 """How long a command waits for a server it cannot reach, and that it waits no longer.
 
-The retry policy (``_retry``) keeps trying for ``DEADLINE`` seconds, then every command of both
-layers raises :class:`ServerUnreachable`. The attempt in flight at the deadline is not cut
+The retry policy (``_common.retry``) keeps trying for ``DEADLINE`` seconds, then every command of
+both layers raises :class:`ServerUnreachable`. The attempt in flight at the deadline is not cut
 short, and a reader (behind a waiting ``receive()``) starts counting when its first attempt
 fails, so the documented bound is ``DEADLINE`` plus two connect timeouts.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey import _retry
+from channels_valkey._common import retry
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import ServerUnreachable
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
@@ -45,7 +45,7 @@ CONNECT_TIMEOUT = 5.0
 
 #: The documented bound: the deadline, the attempt in flight when it passes, and for a reader
 #: the failed attempt before it started counting.
-BOUND = _retry.DEADLINE + 2 * CONNECT_TIMEOUT
+BOUND = retry.DEADLINE + 2 * CONNECT_TIMEOUT
 
 #: Room for a loaded machine to be late: a correct implementation is well inside the bound.
 SLACK = 5.0
@@ -190,9 +190,9 @@ async def test_every_command_gives_up_within_the_documented_time(kind: str) -> N
         for case, (seconds, error) in results.items()
         if not isinstance(error, ServerUnreachable)
         or case.rsplit(":", 1)[1] not in str(error)
-        or not _retry.DEADLINE <= seconds <= BOUND + SLACK
+        or not retry.DEADLINE <= seconds <= BOUND + SLACK
     }
-    assert not wrong, f"expected ServerUnreachable after {_retry.DEADLINE:g}-{BOUND:g} s"
+    assert not wrong, f"expected ServerUnreachable after {retry.DEADLINE:g}-{BOUND:g} s"
 
 
 @pytest.mark.parametrize("layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer])
@@ -204,10 +204,10 @@ async def test_a_send_during_a_restart_shorter_than_the_deadline_goes_through(
     await layer.send("warmup", {"type": "m"})  # connections are open when the server goes
     await asyncio.to_thread(persistent_server.stop)
     sending = asyncio.create_task(layer.send("jobs", {"type": "during.restart"}))
-    await asyncio.sleep(_retry.DEADLINE / 3)  # the downtime: the waiting is the test
+    await asyncio.sleep(retry.DEADLINE / 3)  # the downtime: the waiting is the test
     assert not sending.done()
     await asyncio.to_thread(persistent_server.start)
-    await asyncio.wait_for(sending, _retry.DEADLINE)
+    await asyncio.wait_for(sending, retry.DEADLINE)
     if layer_class is ValkeyChannelLayer:
         assert await asyncio.wait_for(layer.receive("jobs"), 10) == {"type": "during.restart"}
     await layer.close()

@@ -1,9 +1,9 @@
-"""The view of the dead a layer keeps (``_alive.Liveness``): pure logic, no server."""
+"""The view of the dead a layer keeps (``_queue.liveness.Liveness``): pure logic, no server."""
 
 from __future__ import annotations
 
-from channels_valkey._alive import Liveness
-from channels_valkey._client import AliveReply
+from channels_valkey._queue.liveness import Liveness
+from channels_valkey._queue.shard import AliveReply
 
 
 def liveness() -> Liveness:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from channels_valkey._cli_inspect import Inventory, KeyStat
-from channels_valkey._cli_top import (
+from channels_valkey._cli.inspect import Inventory, KeyStat
+from channels_valkey._cli.top import (
     ALIVE,
     DEAD,
     Frame,

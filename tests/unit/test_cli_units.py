@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from channels_valkey import _cli
-from channels_valkey._cli import (
+from channels_valkey._cli import main as cli
+from channels_valkey._cli.check import Need, _shard_members, _too_old, _version_of
+from channels_valkey._cli.inspect import _first_score, classify, format_age
+from channels_valkey._cli.links import for_diagnosis
+from channels_valkey._cli.main import (
     CORE_NEEDS,
     PUBSUB_CLUSTER_NEEDS,
     PUBSUB_NEEDS,
@@ -17,12 +20,9 @@ from channels_valkey._cli import (
     main,
     needs_of,
 )
-from channels_valkey._cli_check import Need, _shard_members, _too_old, _version_of
-from channels_valkey._cli_inspect import _first_score, classify, format_age
-from channels_valkey._cli_links import for_diagnosis
-from channels_valkey._cli_table import plural, table
-from channels_valkey._hosts import ClusterHost, SentinelHost, ServerHost, parse_hosts
-from channels_valkey._keys import KeySpace
+from channels_valkey._cli.table import plural, table
+from channels_valkey._common.hosts import ClusterHost, SentinelHost, ServerHost, parse_hosts
+from channels_valkey._queue.keys import KeySpace
 
 # --- which key is what ----------------------------------------------------------------------
 
@@ -222,12 +222,12 @@ def test_diagnosis_of_sentinel_and_cluster_entries() -> None:
 
 
 def test_hosts_option_takes_urls_and_json_entries() -> None:
-    assert _cli._parse_hosts_option("valkey://h:1") == "valkey://h:1"
-    assert _cli._parse_hosts_option('{"cluster": true, "startup_nodes": [["n", 1]]}') == {
+    assert cli._parse_hosts_option("valkey://h:1") == "valkey://h:1"
+    assert cli._parse_hosts_option('{"cluster": true, "startup_nodes": [["n", 1]]}') == {
         "cluster": True,
         "startup_nodes": [["n", 1]],
     }
-    assert _cli._parse_hosts_option('["h", 6379]') == ["h", 6379]
+    assert cli._parse_hosts_option('["h", 6379]') == ["h", 6379]
 
 
 def test_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,8 +12,7 @@ from valkey.exceptions import (
     TryAgainError,
 )
 
-from channels_valkey import _scripts
-from channels_valkey._cluster_routing import (
+from channels_valkey._common.cluster_routing import (
     ASKING,
     Call,
     Progress,
@@ -25,6 +24,7 @@ from channels_valkey._cluster_routing import (
     replies_of,
     step,
 )
+from channels_valkey._queue import scripts
 
 OWNERS = {1: "a:1", 2: "b:2", 3: "a:1"}
 
@@ -77,11 +77,11 @@ def test_an_asked_call_goes_to_the_named_node_after_asking_once() -> None:
 
 
 def test_noscript_asks_for_the_script_on_that_node() -> None:
-    progress = Progress([Call(1, ("EVALSHA", "x", 0), _scripts.SEND), Call(2, ("GET", "k"))])
+    progress = Progress([Call(1, ("EVALSHA", "x", 0), scripts.SEND), Call(2, ("GET", "k"))])
     first, second = progress.plan(OWNERS.get)
     progress.answered(first, [NoScriptError("No matching script")])
     progress.answered(second, [b"v"])
-    assert progress.scripts == {"a:1": {_scripts.SEND}}
+    assert progress.scripts == {"a:1": {scripts.SEND}}
     assert progress.todo == [0]
     assert progress.trouble is None
 
@@ -131,5 +131,5 @@ def test_positions_are_grouped_by_key_in_first_seen_order() -> None:
 
 
 def test_a_script_call_is_its_evalsha() -> None:
-    command = _scripts.SEND.command(["q"], ["1.0", 60, 100, b"x"])
-    assert command == ("EVALSHA", _scripts.SEND.sha, 1, "q", "1.0", 60, 100, b"x")
+    command = scripts.SEND.command(["q"], ["1.0", 60, 100, b"x"])
+    assert command == ("EVALSHA", scripts.SEND.sha, 1, "q", "1.0", 60, 100, b"x")

@@ -1,4 +1,4 @@
-"""Unit tests for channels_valkey._hosts: every ``hosts`` shape, accepted or refused."""
+"""Unit tests for channels_valkey._common.hosts: every ``hosts`` shape, accepted or refused."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._hosts import DEFAULT_URL, ClusterHost, SentinelHost, ServerHost, parse_hosts
+from channels_valkey._common.hosts import (
+    DEFAULT_URL,
+    ClusterHost,
+    SentinelHost,
+    ServerHost,
+    parse_hosts,
+)
 from channels_valkey.exceptions import ConfigurationError
 
 # --- accepted forms -------------------------------------------------------------------------

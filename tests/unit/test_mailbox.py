@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from channels_valkey import _log, _receiver
-from channels_valkey._keys import non_local_name
-from channels_valkey._receiver import STALLED_AFTER, Demand, Mailbox
+from channels_valkey._common import log as rate_limited_log
+from channels_valkey._queue import mailbox as mailbox_module
+from channels_valkey._queue.keys import non_local_name
+from channels_valkey._queue.mailbox import STALLED_AFTER, Demand, Mailbox
 
 EXPIRY = 60
-LOGGER = "channels_valkey._receiver"
+LOGGER = "channels_valkey._queue.mailbox"
 
 
 class Clock:
@@ -39,8 +40,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(_receiver, "time", fake)
-    monkeypatch.setattr(_log, "time", fake)
+    monkeypatch.setattr(mailbox_module, "time", fake)
+    monkeypatch.setattr(rate_limited_log, "time", fake)
     return fake
 
 

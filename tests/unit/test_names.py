@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from channels_valkey._keys import process_of
+from channels_valkey._queue.keys import process_of
 from channels_valkey.core import ValkeyChannelLayer
 
 T = TypeVar("T")

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from channels_valkey._keys import KeySpace, non_local_name
-from channels_valkey._plan import QueueWrite, batch_scores, plan_group_send
-from channels_valkey._sharding import shard_index
+from channels_valkey._common.sharding import shard_index
+from channels_valkey._queue.keys import KeySpace, non_local_name
+from channels_valkey._queue.plan import QueueWrite, batch_scores, plan_group_send
 
 KEYS = KeySpace("asgi")
 

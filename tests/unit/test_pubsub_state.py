@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._pubsub_state import (
+from channels_valkey._pubsub.state import (
     ITEM_OVERHEAD,
     NOTICE_HEADROOM,
     Budget,

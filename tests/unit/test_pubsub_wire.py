@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from valkey.exceptions import ResponseError
 
-from channels_valkey._pubsub_wire import (
+from channels_valkey._pubsub.wire import (
     MAX_NAMES_PER_COMMAND,
     PING,
     PLAIN,

@@ -1,4 +1,4 @@
-"""The retry policy (``_retry``): pauses, the deadline, and the loop built on them."""
+"""The retry policy (``_common.retry``): pauses, the deadline, and the loop built on them."""
 
 from __future__ import annotations
 
@@ -6,29 +6,29 @@ import time
 
 import pytest
 
-from channels_valkey import _retry
+from channels_valkey._common import retry
 from channels_valkey.exceptions import ServerUnreachable
 
 
 def test_pauses_double_from_the_first_up_to_the_cap_with_jitter() -> None:
     for failures in range(1, 30):
-        step = min(_retry.MAX_PAUSE, _retry.FIRST_PAUSE * 2 ** (failures - 1))
-        pauses = [_retry.pause(failures) for _ in range(200)]
+        step = min(retry.MAX_PAUSE, retry.FIRST_PAUSE * 2 ** (failures - 1))
+        pauses = [retry.pause(failures) for _ in range(200)]
         assert all(step / 2 <= pause <= step for pause in pauses)
         assert len(set(pauses)) > 1  # jittered, so processes do not retry in lockstep
-    assert max(_retry.pause(100) for _ in range(200)) <= _retry.MAX_PAUSE
+    assert max(retry.pause(100) for _ in range(200)) <= retry.MAX_PAUSE
 
 
 def test_an_outage_is_given_up_once_the_deadline_has_passed() -> None:
-    fresh = _retry.Outage()
+    fresh = retry.Outage()
     assert fresh.next_pause() is not None
-    expired = _retry.Outage(started=time.monotonic() - _retry.DEADLINE)
+    expired = retry.Outage(started=time.monotonic() - retry.DEADLINE)
     assert expired.next_pause() is None
 
 
 def test_no_pause_runs_past_the_deadline() -> None:
     """The last attempt starts when the deadline is reached, not a pause later."""
-    almost = _retry.Outage(started=time.monotonic() - _retry.DEADLINE + 0.01)
+    almost = retry.Outage(started=time.monotonic() - retry.DEADLINE + 0.01)
     almost.failures = 50  # pauses at their cap by now
     delay = almost.next_pause()
     assert delay is not None
@@ -43,13 +43,13 @@ async def test_retrying_returns_once_an_attempt_succeeds() -> None:
             raise failures.pop(0)
         return "done"
 
-    assert await _retry.retrying(attempt, _retry.TRANSIENT_ERRORS, "somewhere") == "done"
+    assert await retry.retrying(attempt, retry.TRANSIENT_ERRORS, "somewhere") == "done"
 
 
 async def test_retrying_raises_server_unreachable_after_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_retry, "DEADLINE", 0.2)
+    monkeypatch.setattr(retry, "DEADLINE", 0.2)
     attempts = 0
 
     async def attempt() -> None:
@@ -59,7 +59,7 @@ async def test_retrying_raises_server_unreachable_after_the_deadline(
 
     started = time.monotonic()
     with pytest.raises(ServerUnreachable, match="cannot reach Valkey at somewhere: refused"):
-        await _retry.retrying(attempt, _retry.TRANSIENT_ERRORS, "somewhere")
+        await retry.retrying(attempt, retry.TRANSIENT_ERRORS, "somewhere")
     assert time.monotonic() - started >= 0.2
     assert attempts > 2  # tried again in between, with pauses that started short
 
@@ -73,5 +73,5 @@ async def test_retrying_raises_other_errors_at_once() -> None:
         raise ValueError("not a connection problem")
 
     with pytest.raises(ValueError, match="not a connection problem"):
-        await _retry.retrying(attempt, _retry.TRANSIENT_ERRORS, "somewhere")
+        await retry.retrying(attempt, retry.TRANSIENT_ERRORS, "somewhere")
     assert attempts == 1

@@ -9,7 +9,7 @@ import string
 import pytest
 from channels_redis.utils import _consistent_hash
 
-from channels_valkey._sharding import shard_index
+from channels_valkey._common.sharding import shard_index
 
 
 def _names() -> list[str]:
