@@ -36,7 +36,7 @@ from channels.layers import BaseChannelLayer
 
 from ._common.background import background, warm
 from ._common.connections import check_server
-from ._common.hosts import ClusterHost, Host
+from ._common.hosts import Host, on_cluster
 from ._common.log import RateLimitedLog
 from ._common.messages import RESERVED_KEY, check_message, check_messages, check_size
 from ._common.per_loop import PerLoop
@@ -49,7 +49,7 @@ from ._queue.mailbox import Mailbox, Message
 from ._queue.plan import QueueWrite, batch_scores, plan_group_send
 from ._queue.reader import Popped, QueueReader
 from ._queue.shard import QueueServer, ReplicaWait
-from .exceptions import ConfigurationError, ServerUnreachable
+from .exceptions import ServerUnreachable
 from .serializers import registry
 from .stats import LayerStats, StatsRecorder
 
@@ -105,13 +105,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             random_prefix_length=self.config.random_prefix_length,
             expiry=self.config.expiry,
         )
-        on_cluster = isinstance(self.config.hosts[0], ClusterHost)
-        if on_cluster and ("{" in self.config.prefix or "}" in self.config.prefix):
-            raise ConfigurationError(
-                "prefix may not contain '{' or '}' on a cluster: the layer puts names in "
-                "braces to keep each queue's keys in one slot"
-            )
-        self._keys = KeySpace(self.config.prefix, hash_tags=on_cluster)
+        self._keys = KeySpace(self.config.prefix, hash_tags=on_cluster(self.config.hosts))
         self._replica_wait = (
             ReplicaWait(self.config.wait_for_replicas, self.config.replica_timeout)
             if self.config.wait_for_replicas
@@ -119,6 +113,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         #: Names this layer's process-local channels: ``<prefix>.<client_prefix>!<suffix>``.
         self.client_prefix = uuid.uuid4().hex
+        self._init_receiving()
+
+    def _init_receiving(self) -> None:
+        """What receiving needs: the mailbox, the per-loop resources, liveness."""
         self._stats = StatsRecorder()
         self._mailbox = Mailbox(
             self.config.capacity_of, self.config.expiry, self._stats, on_room=self._poke_readers

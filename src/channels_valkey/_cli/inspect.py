@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from channels_valkey._common.connections import build_cluster
-from channels_valkey._common.hosts import ClusterHost, Host
+from channels_valkey._common.hosts import ClusterHost, Host, on_cluster
 from channels_valkey._common.scripts import Arg
 from channels_valkey._queue.keys import ALIVE_SUFFIX, UNDECODABLE_SUFFIX, KeySpace
 from channels_valkey._queue.shard import Shard
@@ -112,7 +112,7 @@ def _untag(name: str, hash_tags: bool) -> str:
 async def inspect_all(hosts: Sequence[Host], prefix: str) -> Inventory:
     """Every server's keys under ``prefix``; servers that fail are listed in ``errors``."""
     inventory = Inventory()
-    hash_tags = isinstance(hosts[0], ClusterHost)
+    hash_tags = on_cluster(hosts)
     keys = KeySpace(prefix, hash_tags=hash_tags)
     await asyncio.gather(*(_inspect_entry(host, keys, inventory) for host in hosts))
     return inventory

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from channels_valkey._common.hosts import ClusterHost, Host
+from channels_valkey._common.hosts import Host, on_cluster
 from channels_valkey._queue.keys import KeySpace
 from channels_valkey._queue.scripts import SEND
 from channels_valkey.core import ValkeyChannelLayer
@@ -99,7 +99,7 @@ class Target:
 
     @property
     def on_cluster(self) -> bool:
-        return isinstance(self.hosts[0], ClusterHost)
+        return on_cluster(self.hosts)
 
 
 def needs_of(layer: str, *, on_cluster: bool) -> tuple[Need, ...]:
@@ -292,6 +292,29 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         epilog="Exit status: 0 all fine, 1 a problem found, 2 bad usage or configuration.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    check_command = commands.add_parser(
+        "check",
+        parents=[common],
+        help="reach every server; report version, role, latency and ACL",
+        description="Reach every host, Sentinel and cluster node; report version, role, "
+        "PING round trip, and whether the ACL allows every command the layer sends.",
+    )
+    check_command.set_defaults(run=run_check)
+    inspect_command = commands.add_parser(
+        "inspect",
+        parents=[common],
+        help="list queues, in-flight backups and groups under the prefix (SCAN)",
+        description="List the layer's keys under its prefix with SCAN: queue depth and age "
+        "of the oldest message per channel, in-flight backups, group sizes.",
+    )
+    inspect_command.set_defaults(run=run_inspect)
+    _add_top(commands, common)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes: where the layer is, output, timeout."""
     common = argparse.ArgumentParser(add_help=False)
     source = common.add_argument_group("where the layer is")
     source.add_argument(
@@ -320,23 +343,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="connect and reply timeout per server, unless the settings set one (default: 5)",
     )
-    check = commands.add_parser(
-        "check",
-        parents=[common],
-        help="reach every server; report version, role, latency and ACL",
-        description="Reach every host, Sentinel and cluster node; report version, role, "
-        "PING round trip, and whether the ACL allows every command the layer sends.",
-    )
-    check.set_defaults(run=run_check)
-    inspect = commands.add_parser(
-        "inspect",
-        parents=[common],
-        help="list queues, in-flight backups and groups under the prefix (SCAN)",
-        description="List the layer's keys under its prefix with SCAN: queue depth and age "
-        "of the oldest message per channel, in-flight backups, group sizes.",
-    )
-    inspect.set_defaults(run=run_inspect)
-    top = commands.add_parser(
+    return common
+
+
+def _add_top(commands: Any, common: argparse.ArgumentParser) -> None:
+    top_command = commands.add_parser(
         "top",
         parents=[common],
         help="a live view of the deepest queues, process queues, groups and servers",
@@ -345,23 +356,22 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "process's liveness, the biggest groups, and each server's ops/s, clients and memory. "
         "Ctrl-C quits.",
     )
-    top.add_argument(
+    top_command.add_argument(
         "--interval", type=_seconds, default=1.0, metavar="SECONDS", help="(default: 1)"
     )
-    top.add_argument(
+    top_command.add_argument(
         "--max-keys",
         type=_positive,
         default=10_000,
         metavar="N",
         help="keys scanned per server per refresh, at most (default: 10000)",
     )
-    top.add_argument(
+    top_command.add_argument(
         "--once",
         action="store_true",
         help="print one frame and exit (its rates show '-': a rate needs two refreshes)",
     )
-    top.set_defaults(run=run_top)
-    return parser
+    top_command.set_defaults(run=run_top)
 
 
 def _seconds(value: str) -> float:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from channels_valkey._common.connections import build_cluster
-from channels_valkey._common.hosts import ClusterHost, Host
+from channels_valkey._common.hosts import ClusterHost, Host, on_cluster
 from channels_valkey._queue.keys import KeySpace, process_of
 from channels_valkey._queue.shard import Shard
 
@@ -404,7 +404,7 @@ def title(prefix: str, servers: int, interval: float) -> str:
 async def run(hosts: Sequence[Host], prefix: str, args: Any) -> int:
     """``top``: frames until Ctrl-C (status 0), or one frame with ``--once`` (status 1 if a
     server could not be read, as ``inspect``)."""
-    keys = KeySpace(prefix, hash_tags=isinstance(hosts[0], ClusterHost))
+    keys = KeySpace(prefix, hash_tags=on_cluster(hosts))
     entries = [Entry(host) for host in hosts]
     try:
         if args.once:

@@ -154,6 +154,11 @@ def parse_hosts(hosts: object) -> tuple[Host, ...]:
     return parsed
 
 
+def on_cluster(hosts: Sequence[Host]) -> bool:
+    """Whether ``hosts`` (from :func:`parse_hosts`) is a cluster: then its one entry is."""
+    return isinstance(hosts[0], ClusterHost)
+
+
 def _parse_entry(index: int, entry: object) -> Host:
     where = f"hosts[{index}]"
     if isinstance(entry, str):

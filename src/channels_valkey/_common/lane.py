@@ -59,7 +59,9 @@ from .health import probe_interval, probe_timeout
 from .per_loop import quiet, release_dead
 from .retry import TRANSIENT_ERRORS, Outage
 
-try:  # valkey-py's libvalkey reply reader, when libvalkey is installed (see _Replies)
+# valkey-py's libvalkey reply reader, when libvalkey is installed (see _Replies). valkey-py has
+# no public name for the parser class or its "not enough data" marker.
+try:
     from valkey._parsers.libvalkey import NOT_ENOUGH_DATA, _AsyncLibvalkeyParser
 except ImportError:  # pragma: no cover - a valkey-py without it
     _AsyncLibvalkeyParser = None  # type: ignore[assignment,misc]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from channels_valkey._common.hosts import ClusterHost, Host, parse_hosts
+from channels_valkey._common.hosts import Host, on_cluster, parse_hosts
 from channels_valkey._common.options import check_prefix, optional_size, positive_int
 from channels_valkey.exceptions import ConfigurationError
 
@@ -57,7 +57,7 @@ class PubSubConfig:
 
     @property
     def on_cluster(self) -> bool:
-        return isinstance(self.hosts[0], ClusterHost)
+        return on_cluster(self.hosts)
 
     def group_channel(self, group: str) -> str:
         """The pub/sub channel carrying ``group``'s messages (the channels_redis name)."""

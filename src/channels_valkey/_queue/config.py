@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from channels_valkey._common.hosts import Host, parse_hosts
+from channels_valkey._common.hosts import Host, on_cluster, parse_hosts
 from channels_valkey._common.options import (
     check_prefix,
     non_negative_int,
@@ -75,9 +75,10 @@ def build_config(
     process_expiry: object = DEFAULT_PROCESS_EXPIRY,
     max_message_size: object = None,
 ) -> LayerConfig:
+    parsed_hosts = parse_hosts(hosts)
     return LayerConfig(
-        hosts=parse_hosts(hosts),
-        prefix=check_prefix(prefix),
+        hosts=parsed_hosts,
+        prefix=check_cluster_prefix(parsed_hosts, check_prefix(prefix)),
         expiry=positive_int("expiry", expiry),
         group_expiry=positive_int("group_expiry", group_expiry),
         capacity=positive_int("capacity", capacity),
@@ -88,6 +89,16 @@ def build_config(
         process_expiry=check_process_expiry(process_expiry),
         max_message_size=optional_size("max_message_size", max_message_size),
     )
+
+
+def check_cluster_prefix(hosts: tuple[Host, ...], prefix: str) -> str:
+    """On a cluster the layer puts names in braces (hash tags), so the prefix may have none."""
+    if on_cluster(hosts) and ("{" in prefix or "}" in prefix):
+        raise ConfigurationError(
+            "prefix may not contain '{' or '}' on a cluster: the layer puts names in "
+            "braces to keep each queue's keys in one slot"
+        )
+    return prefix
 
 
 def check_process_expiry(value: object) -> float | None:
