@@ -32,6 +32,7 @@ from channels_valkey.exceptions import ConfigurationError
 from .health import health_checked, take_interval
 from .hosts import ClusterHost, Host, SentinelHost, ServerHost
 from .lane import Lane
+from .per_loop import release_dead
 from .retry import TRANSIENT_ERRORS
 
 #: Errors of a blocking pop after which the reader reconnects, looking the queue's server up
@@ -123,6 +124,14 @@ async def close_connections(pool: ConnectionPool, lane: Lane) -> None:
     if isinstance(pool, SentinelConnectionPool):
         for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
+
+
+def abandon_connections(pool: ConnectionPool, lane: Lane) -> None:
+    """What :func:`close_connections` does, for a loop closed without cleanup: each
+    connection is released without its loop (see ``per_loop.release_dead``)."""
+    lane.abandon()
+    for connection in pool_connections(pool):
+        release_dead(connection)
 
 
 def pool_connections(pool: ConnectionPool) -> list[AbstractConnection]:

@@ -21,11 +21,14 @@ from typing import Protocol
 
 from valkey.asyncio.connection import AbstractConnection
 
-from channels_valkey._common.connections import build_pool, close_connections, pool_connections
+from channels_valkey._common.connections import (
+    abandon_connections,
+    build_pool,
+    close_connections,
+)
 from channels_valkey._common.health import without_health_check
 from channels_valkey._common.hosts import SentinelHost, ServerHost
 from channels_valkey._common.lane import Lane
-from channels_valkey._common.per_loop import release_dead
 from channels_valkey._common.retry import TRANSIENT_ERRORS
 from channels_valkey._common.sharding import shard_index
 from channels_valkey.exceptions import ServerUnreachable
@@ -120,9 +123,7 @@ class PubSubServer:
         await close_connections(self.pool, self.lane)
 
     def abandon(self) -> None:
-        self.lane.abandon()
-        for connection in pool_connections(self.pool):
-            release_dead(connection)
+        abandon_connections(self.pool, self.lane)
 
 
 class ServerPlacement:

@@ -19,10 +19,13 @@ from valkey.asyncio import Valkey
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import NoScriptError
 
-from channels_valkey._common.connections import build_pool, close_connections, pool_connections
+from channels_valkey._common.connections import (
+    abandon_connections,
+    build_pool,
+    close_connections,
+)
 from channels_valkey._common.hosts import Host, SentinelHost, ServerHost
 from channels_valkey._common.lane import Lane
-from channels_valkey._common.per_loop import release_dead
 from channels_valkey._common.retry import TRANSIENT_ERRORS, retrying
 from channels_valkey._common.scripts import Arg, Script
 from channels_valkey.exceptions import NotReplicated, ServerUnreachable
@@ -349,6 +352,4 @@ class Shard:
         await close_connections(self.pool, self.lane)
 
     def abandon(self) -> None:
-        self.lane.abandon()
-        for connection in pool_connections(self.pool):
-            release_dead(connection)
+        abandon_connections(self.pool, self.lane)
