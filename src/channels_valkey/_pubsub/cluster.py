@@ -15,7 +15,7 @@ pub/sub routes each by its own hash slot, so no hash tag is needed: a subscripti
   ``CLUSTER SLOTS`` when first needed and again when a name has to move, so that following
   subscriptions never waits on the publishing side's reloads.
 
-Following the cluster (see the subscriber for the details):
+Following the cluster (see ``_pubsub.relocation`` for the details):
 
 - a slot moves (resharding): the old node pushes ``sunsubscribe`` for its names; the subscriber
   reads the slot map from that node (it knows the new owner) and hands the names over to the
@@ -52,7 +52,6 @@ from channels_valkey.exceptions import ServerUnreachable
 
 from .state import ChannelClosed
 from .subscriber import Hooks, Subscriber
-from .wire import SHARDED
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ class SlotMap:
         return list(dict.fromkeys(key for _, _, key in self._ranges))
 
 
-class NodeTarget:
+class NodeEndpoint:
     """One cluster node, for a subscriber to connect to."""
 
     def __init__(self, key: str, kwargs: dict[str, Any]) -> None:
@@ -129,7 +128,7 @@ class NodeTarget:
         self._kwargs = kwargs
 
     def __repr__(self) -> str:
-        return f"<NodeTarget {self.key}>"
+        return f"<NodeEndpoint {self.key}>"
 
     def describe(self) -> str:
         return self.key
@@ -217,11 +216,10 @@ class ClusterPlacement:
             if self._closed:
                 raise ChannelClosed("the channel layer was closed")
             subscriber = self._subscribers[key] = Subscriber(
-                NodeTarget(key, cast(Any, self.client.get_connection_kwargs())),
+                NodeEndpoint(key, cast(Any, self.client.get_connection_kwargs())),
                 self._hooks,
                 key=key,
-                dialect=SHARDED,
-                relocator=self,
+                cluster=self,
             )
         return subscriber
 
@@ -240,7 +238,7 @@ class ClusterPlacement:
         except Exception as error:
             raise ServerUnreachable(self.host.describe(), error) from error
 
-    # --- what subscribers ask (the Relocator protocol) -----------------------------------
+    # --- what subscribers' relocations ask (the relocation.Cluster protocol) ----------
 
     def slot(self, name: str) -> int:
         return self.client.keyslot(name)
