@@ -28,7 +28,12 @@ primary,
   routed again to the promoted replica. The lane is closed.
 
 Commands that block their connection (``WAIT``) cannot ride a lane: :meth:`ClusterLanes.pinned`
-runs them on a connection of their own from the node's pool, kept for reuse.
+runs them on a connection of their own from the node's pool, kept for reuse. A connection that
+is held for long (a reader's blocking pop, a subscriber's connection) comes from
+:meth:`ClusterLanes.connection_to` and belongs to whoever asked for it.
+
+Both layers reach a cluster through one :class:`ClusterLanes` per event loop
+(:meth:`ClusterLanes.for_host`), which they close with its ``aclose`` (or ``abandon``).
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ from channels_valkey.exceptions import ServerUnreachable
 
 from . import cluster_routing as routing
 from .cluster_routing import Call, Route, Step
-from .connections import REDIRECT_ERRORS, pool_connections
+from .connections import REDIRECT_ERRORS, build_cluster, pool_connections
+from .hosts import ClusterHost
 from .lane import Lane
 from .per_loop import quiet, release_dead
 from .retry import TRANSIENT_ERRORS, Outage, retrying
@@ -120,21 +126,34 @@ def _gated(base: type[Any]) -> type[Any]:
     return gated
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """A node's ``host`` and ``port`` from its name (``host:port``)."""
+    host, port = name.rsplit(":", 1)
+    return host, int(port)
+
+
+def _node_options(client: ValkeyCluster, name: str) -> dict[str, Any]:
+    """What a connection to node ``name`` is made with: the cluster client's connection
+    options (TLS, auth, timeouts, its ``connection_class``) and the node's address."""
+    host, port = split_name(name)
+    options = cast("dict[str, Any]", client.get_connection_kwargs())
+    kwargs = {
+        key: value
+        for key, value in options.items()
+        if key not in ("response_callbacks", "max_connections")
+    }
+    return {**kwargs, "host": host, "port": port}
+
+
 class _Node:
     """One primary: its pool, the lane built on it, and the gate of its connections."""
 
-    def __init__(self, lanes: ClusterLanes, name: str, options: dict[str, Any]) -> None:
-        host, port = name.rsplit(":", 1)
+    def __init__(self, lanes: ClusterLanes, name: str) -> None:
         self.gate = _Gate(lanes, name)
-        kwargs = {
-            key: value
-            for key, value in options.items()
-            if key not in ("connection_class", "response_callbacks", "max_connections")
-        }
+        options = _node_options(lanes.client, name)
         self.pool = ConnectionPool(
-            connection_class=_gated(options["connection_class"]),
+            **{**options, "connection_class": _gated(options["connection_class"])},
             node_gate=self.gate,
-            **{**kwargs, "host": host, "port": int(port)},
         )
         self.lane = Lane(self.pool)
 
@@ -186,6 +205,14 @@ class ClusterLanes:
         self._reloading: asyncio.Future[None] | None = None
         self._closed = False
 
+    @classmethod
+    def for_host(cls, host: ClusterHost) -> ClusterLanes:
+        """The lanes of the cluster a ``hosts`` entry names, with a client of its own."""
+        return cls(build_cluster(host), host.describe())
+
+    def __repr__(self) -> str:
+        return f"<ClusterLanes {self.where} primaries={len(self._nodes)}>"
+
     # --- the slot map ----------------------------------------------------------------------
 
     def slot(self, key: str | bytes) -> int:
@@ -203,8 +230,8 @@ class ClusterLanes:
         name = routing.redirect_target(moved, answered_by)
         node = manager.nodes_cache.get(name)
         if node is None:
-            host, port = name.rsplit(":", 1)
-            node = ClusterNode(host, int(port), PRIMARY, **manager.connection_kwargs)
+            host, port = split_name(name)
+            node = ClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
             manager.nodes_cache[name] = node
         node.server_type = PRIMARY
         manager.slots_cache[moved.slot_id] = [node]
@@ -251,9 +278,16 @@ class ClusterLanes:
         if node is None:
             if self._closed:
                 raise RuntimeError(f"{self.where}: closed on this event loop")
-            options = cast("dict[str, Any]", self.client.get_connection_kwargs())
-            node = self._nodes[name] = _Node(self, name, options)
+            node = self._nodes[name] = _Node(self, name)
         return node
+
+    def connection_to(self, name: str) -> AbstractConnection:
+        """A new, unconnected connection to node ``name`` with the cluster client's options,
+        outside every lane and pool: for a connection held for long (a blocking pop, a
+        subscription). Whoever asked for it owns it and disconnects it."""
+        options = _node_options(self.client, name)
+        connection: AbstractConnection = options.pop("connection_class")(**options)
+        return connection
 
     # --- commands --------------------------------------------------------------------------
 

@@ -38,13 +38,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
-from valkey.asyncio.cluster import ClusterNode
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
-from channels_valkey._common.cluster_lanes import ClusterLanes
-from channels_valkey._common.cluster_routing import Call
-from channels_valkey._common.connections import build_cluster
+from channels_valkey._common.cluster_lanes import ClusterLanes, split_name
+from channels_valkey._common.cluster_routing import Call, node_name, redirect_target
 from channels_valkey._common.health import without_health_check
 from channels_valkey._common.hosts import ClusterHost
 from channels_valkey._common.retry import TRANSIENT_ERRORS, retrying
@@ -57,15 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: A node that cannot tell the slot map: unreachable, or refusing (loading, not a cluster...).
 _REFRESH_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ResponseError)
-
-
-def node_key(host: str, port: int) -> str:
-    return f"{host}:{port}"
-
-
-def split_key(key: str) -> tuple[str, int]:
-    host, port = key.rsplit(":", 1)
-    return host, int(port)
 
 
 class SlotMap:
@@ -90,8 +79,8 @@ class SlotMap:
             start, end, primary = int(entry[0]), int(entry[1]), entry[2]
             host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
             if not host or host == "?":
-                host = split_key(asked)[0]
-            ranges.append((start, end, node_key(host, int(primary[1]))))
+                host = split_name(asked)[0]
+            ranges.append((start, end, node_name(host, int(primary[1]))))
         return cls(ranges)
 
     def owner(self, slot: int) -> str | None:
@@ -123,9 +112,9 @@ class SlotMap:
 class NodeEndpoint:
     """One cluster node, for a subscriber to connect to."""
 
-    def __init__(self, key: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, key: str, lanes: ClusterLanes) -> None:
         self.key = key
-        self._kwargs = kwargs
+        self._lanes = lanes
 
     def __repr__(self) -> str:
         return f"<NodeEndpoint {self.key}>"
@@ -134,10 +123,7 @@ class NodeEndpoint:
         return self.key
 
     def subscriber_connection(self) -> AbstractConnection:
-        host, port = split_key(self.key)
-        node = ClusterNode(host, port, **self._kwargs)  # the cluster client's connection options
-        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
-        return without_health_check(connection)
+        return without_health_check(self._lanes.connection_to(self.key))
 
 
 class ClusterPlacement:
@@ -146,8 +132,7 @@ class ClusterPlacement:
 
     def __init__(self, host: ClusterHost, hooks: Hooks) -> None:
         self.host = host
-        self.lanes = ClusterLanes(build_cluster(host), host.describe())
-        self.client = self.lanes.client
+        self.lanes = ClusterLanes.for_host(host)
         self._hooks = hooks
         self._slots = SlotMap()
         self._loading: asyncio.Future[None] | None = None
@@ -216,7 +201,7 @@ class ClusterPlacement:
             if self._closed:
                 raise ChannelClosed("the channel layer was closed")
             subscriber = self._subscribers[key] = Subscriber(
-                NodeEndpoint(key, cast(Any, self.client.get_connection_kwargs())),
+                NodeEndpoint(key, self.lanes),
                 self._hooks,
                 key=key,
                 cluster=self,
@@ -241,7 +226,7 @@ class ClusterPlacement:
     # --- what subscribers' relocations ask (the relocation.Cluster protocol) ----------
 
     def slot(self, name: str) -> int:
-        return self.client.keyslot(name)
+        return self.lanes.slot(name)
 
     def owner(self, name: str) -> str | None:
         return self._slots.owner(self.slot(name))
@@ -252,7 +237,7 @@ class ClusterPlacement:
         candidates = [
             *([ask_first] if ask_first else []),
             *self._slots.primaries(),
-            *(node_key(host, port) for host, port in self.host.startup_nodes),
+            *(node_name(host, port) for host, port in self.host.startup_nodes),
         ]
         order = [key for key in dict.fromkeys(candidates) if key != ask_last]
         if ask_last:
@@ -272,15 +257,17 @@ class ClusterPlacement:
         raise error or LookupError("no node of the cluster answered CLUSTER SLOTS")
 
     async def _cluster_slots(self, key: str) -> Any:
-        host, port = split_key(key)
-        node = ClusterNode(host, port, **cast(Any, self.client.get_connection_kwargs()))
+        connection = self.lanes.connection_to(key)
         try:
-            return await node.execute_command("CLUSTER SLOTS")
+            await connection.send_packed_command(
+                connection.pack_command("CLUSTER SLOTS"), check_health=False
+            )
+            return await connection.read_response()
         finally:
-            await node.disconnect()
+            await connection.disconnect()
 
     def learn(self, error: MovedError, where: str) -> str:
-        key = node_key(error.host or split_key(where)[0], int(error.port))
+        key = redirect_target(error, where)
         self._slots = self._slots.moved(int(error.slot_id), key)
         return key
 

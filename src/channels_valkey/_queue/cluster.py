@@ -12,7 +12,8 @@ it:
 - ``wait_for_replicas``: the script and ``WAIT`` on a connection of their own;
 - ``flush`` scans every primary through valkey-py's client;
 - a reader's blocking connection goes to the node that serves its queue's slot, looked up
-  again after an error (a failover or a slot that moved).
+  again after an error (a failover or a slot that moved); it is made by
+  ``ClusterLanes.connection_to``, as the pub/sub layer's subscriber connections are.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError
 
 from channels_valkey._common.cluster_lanes import ClusterLanes
-from channels_valkey._common.cluster_routing import Call, positions_by
-from channels_valkey._common.connections import build_cluster
+from channels_valkey._common.cluster_routing import Call, node_name, positions_by
 from channels_valkey._common.hosts import ClusterHost, Host
 from channels_valkey._common.scripts import Arg, Script
 from channels_valkey.exceptions import ServerUnreachable
@@ -43,7 +43,7 @@ class ClusterShard:
 
     def __init__(self, host: ClusterHost) -> None:
         self.host: Host = host
-        self.lanes = ClusterLanes(build_cluster(host), host.describe())
+        self.lanes = ClusterLanes.for_host(host)
         self.client = self.lanes.client
 
     def __repr__(self) -> str:
@@ -214,7 +214,7 @@ class ClusterShard:
         flight are not disturbed by it.
         """
         if isinstance(after, MovedError):
-            return self._connection_to(after.host, int(after.port))
+            return self.lanes.connection_to(node_name(after.host, after.port))
         if after is not None:
             await self.lanes.refresh()
         else:
@@ -222,14 +222,7 @@ class ClusterShard:
         node = self.client.get_node_from_key(queue)
         if node is None:
             raise ServerUnreachable(self.host.describe(), LookupError(f"no node serves {queue}"))
-        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
-        return connection
-
-    def _connection_to(self, host: str, port: int) -> AbstractConnection:
-        node = self.client.get_node(host=host, port=port) or self.client.get_default_node()
-        kwargs = {**node.connection_kwargs, "host": host, "port": port}
-        connection: AbstractConnection = node.connection_class(**kwargs)
-        return connection
+        return self.lanes.connection_to(node.name)
 
     def abandon(self) -> None:
         self.lanes.abandon()
