@@ -56,9 +56,10 @@ from .cluster_routing import Call, Route, Step
 from .connections import REDIRECT_ERRORS, build_cluster, pool_connections
 from .hosts import ClusterHost
 from .lane import Lane
-from .per_loop import quiet, release_dead
+from .per_loop import release_dead
 from .retry import TRANSIENT_ERRORS, Outage, retrying
 from .scripts import Arg, Script
+from .single_flight import SingleFlight
 
 #: Rounds of redirections an operation follows at once; past that the cluster is still
 #: changing, and it waits as after an error, with the map reloaded.
@@ -202,7 +203,7 @@ class ClusterLanes:
         self.client = client
         self.where = where
         self._nodes: dict[str, _Node] = {}
-        self._reloading: asyncio.Future[None] | None = None
+        self._reloads = SingleFlight(self._read_map)
         self._closed = False
 
     @classmethod
@@ -243,24 +244,13 @@ class ClusterLanes:
 
     async def refresh(self) -> None:
         """Read the map again; concurrent callers share one read."""
-        await asyncio.shield(self._reload())
+        await self._reloads()
 
     def node_failed(self) -> None:
         """A connect to a node failed: read the map in the background, to learn whether a
         replica took over (see :class:`NodeRetired`)."""
         if not self._closed:
-            self._reload()
-
-    def _reload(self) -> asyncio.Future[None]:
-        if self._reloading is None:
-            self._reloading = asyncio.ensure_future(self._read_map())
-            self._reloading.add_done_callback(self._reloaded)
-        return self._reloading
-
-    def _reloaded(self, future: asyncio.Future[None]) -> None:
-        self._reloading = None
-        if not future.cancelled():
-            future.exception()  # a background reload's error is not reported: the next one is
+            self._reloads.start()
 
     async def _read_map(self) -> None:
         if self.client.nodes_manager.slots_cache:
@@ -323,7 +313,7 @@ class ClusterLanes:
                 cause = trouble or ResponseError("redirected too often")
                 raise ServerUnreachable(self.where, cause) from cause
             if not isinstance(trouble, TryAgainError):  # a key split by a migration: no news
-                self._reload()  # in the background, during the pause
+                self._reloads.start()  # in the background, during the pause
             await asyncio.sleep(delay)
             hops = 0
 
@@ -401,7 +391,7 @@ class ClusterLanes:
             try:
                 replies = await node.exclusive(commands)
             except TRANSIENT_ERRORS:
-                self._reload()
+                self._reloads.start()
                 raise
             except NodeRetired:
                 name, asking = self.owner(slot), False
@@ -417,9 +407,9 @@ class ClusterLanes:
                 await node.lane.script_load(script.source)
             else:
                 if isinstance(reply, ClusterDownError):
-                    self._reload()
+                    self._reloads.start()
                 return _raised(reply), _raised(after)
-        self._reload()
+        self._reloads.start()
         raise cast(Exception, reply)  # a redirection that goes round: retried after a pause
 
     # --- closing ---------------------------------------------------------------------------
@@ -430,8 +420,7 @@ class ClusterLanes:
         nodes = list(self._nodes.values())
         self._nodes.clear()
         await asyncio.gather(*(node.aclose() for node in nodes))
-        if self._reloading is not None:
-            await asyncio.gather(self._reloading, return_exceptions=True)
+        await self._reloads.finish()
         await self.client.aclose()
         # valkey-py skips its own close while a reload is pending (after a connection error);
         # disconnecting the nodes again is harmless and leaves no socket open.
@@ -441,8 +430,7 @@ class ClusterLanes:
     def abandon(self) -> None:
         """Release every connection without the event loop, which was closed under them."""
         self._closed = True
-        if isinstance(self._reloading, asyncio.Task):
-            quiet(self._reloading)
+        self._reloads.abandon()
         for node in self._nodes.values():
             node.abandon()
         self._nodes.clear()

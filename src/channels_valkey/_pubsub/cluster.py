@@ -46,6 +46,7 @@ from channels_valkey._common.cluster_routing import Call, node_name, redirect_ta
 from channels_valkey._common.health import without_health_check
 from channels_valkey._common.hosts import ClusterHost
 from channels_valkey._common.retry import TRANSIENT_ERRORS, retrying
+from channels_valkey._common.single_flight import SingleFlight
 from channels_valkey.exceptions import ServerUnreachable
 
 from .state import ChannelClosed
@@ -135,7 +136,7 @@ class ClusterPlacement:
         self.lanes = ClusterLanes.for_host(host)
         self._hooks = hooks
         self._slots = SlotMap()
-        self._loading: asyncio.Future[None] | None = None
+        self._loads = SingleFlight(self._load_retrying)
         self._subscribers: dict[str, Subscriber] = {}
         #: The subscriber responsible for each subscribed name.
         self._holder: dict[str, Subscriber] = {}
@@ -211,17 +212,15 @@ class ClusterPlacement:
     async def _load(self) -> None:
         """The first slot map; concurrent first subscriptions share one read, tried again
         under the retry policy while no node answers (the cluster may be restarting)."""
-        if self._loading is None:
-            self._loading = asyncio.ensure_future(
-                retrying(self.refresh, (*_REFRESH_ERRORS, LookupError), self.host.describe())
-            )
-            self._loading.add_done_callback(lambda _: setattr(self, "_loading", None))
         try:
-            await asyncio.shield(self._loading)
+            await self._loads()
         except ServerUnreachable:
             raise
         except Exception as error:
             raise ServerUnreachable(self.host.describe(), error) from error
+
+    async def _load_retrying(self) -> None:
+        await retrying(self.refresh, (*_REFRESH_ERRORS, LookupError), self.host.describe())
 
     # --- what subscribers' relocations ask (the relocation.Cluster protocol) ----------
 
@@ -281,6 +280,7 @@ class ClusterPlacement:
 
     def abandon(self) -> None:
         self._closed = True
+        self._loads.abandon()
         for subscriber in self.subscribers:
             subscriber.abandon()
         self.lanes.abandon()
