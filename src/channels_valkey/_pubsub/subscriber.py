@@ -161,7 +161,7 @@ class Subscriber:
         #: An outage was reported with on_down; its on_up is due once it is over.
         self._missed = False
         #: The outage began with a lost connection (counted in the stats when it ends).
-        self._link_lost = False
+        self._connection_lost = False
         self._relocation = (
             None
             if cluster is None
@@ -298,9 +298,6 @@ class Subscriber:
     def report_moved(self, names: list[str]) -> None:
         self._down(names, moved=True)
 
-    def check_up(self) -> None:
-        self._maybe_up()
-
     def spawn(self, coroutine: Coroutine[Any, Any, None], role: str) -> asyncio.Task[None]:
         where = self.endpoint.describe()
         task = asyncio.get_running_loop().create_task(
@@ -321,10 +318,10 @@ class Subscriber:
         if self._wanted:
             return
         self._has_wanted.clear()
-        if self._session is None and self._link_lost:
+        if self._session is None and self._connection_lost:
             # Nothing left to reconnect for: the time without a connection stops counting.
             # The notices stay due (on_up) for the next time this subscriber is up.
-            self._link_lost = False
+            self._connection_lost = False
             self._hooks.stats.closed(self)
 
     def _start(self) -> None:
@@ -348,7 +345,7 @@ class Subscriber:
         self._missed = True
         self._hooks.on_down(self.key, names, moved)
 
-    def _maybe_up(self) -> None:
+    def check_up(self) -> None:
         """Report the end of the outage once every name it concerned is confirmed again."""
         if not self._missed or self._closed:
             return
@@ -358,8 +355,8 @@ class Subscriber:
         if self._wanted and (session is None or not session.up or session.confirms):
             return
         self._missed = False
-        if self._link_lost:
-            self._link_lost = False
+        if self._connection_lost:
+            self._connection_lost = False
             self._hooks.stats.reconnected(self)
             if self._wanted:
                 logger.info(
@@ -384,7 +381,7 @@ class Subscriber:
     def _confirmed(self, session: _Session, future: asyncio.Future[None]) -> None:
         session.confirms.discard(future)
         if session is self._session:
-            self._maybe_up()
+            self.check_up()
 
     # --- reader --------------------------------------------------------------------------
 
@@ -423,7 +420,7 @@ class Subscriber:
         if self._wanted:
             return True
         self._failures = 0
-        self._maybe_up()
+        self.check_up()
         return False
 
     async def _connect(self) -> _Session:
@@ -453,7 +450,7 @@ class Subscriber:
         session.up = True
         self._failures = 0
         self._last_error = None
-        self._maybe_up()
+        self.check_up()
 
     async def _serve(self, session: _Session) -> None:
         """Read until the connection fails (then raise): pushed messages and answers."""
@@ -530,8 +527,8 @@ class Subscriber:
             self._session = None
             self._outbox.clear()
         if notify and session.subscribed and self._wanted:
-            if not self._link_lost:
-                self._link_lost = True
+            if not self._connection_lost:
+                self._connection_lost = True
                 self._hooks.stats.disconnected(self)
             self._down(list(self._wanted), moved=False)
         await session.connection.disconnect()
