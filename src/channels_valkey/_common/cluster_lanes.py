@@ -9,18 +9,19 @@ carries every non-blocking command of the event loop to it (the layers' connecti
   slot is looked up there and its call goes to that primary's lane. Each node's lane is built
   on a pool for that node with the cluster client's connection options (TLS, auth, the
   health-checked connection class of ``_common.connections.build_cluster``);
-  :meth:`ClusterLanes._node` is the one place that makes them.
-- *Operations over many slots* (``_common.cluster_routing.Progress``): the calls are grouped by
-primary,
-  each group goes out in one ``execute_many`` on its lane, the primaries concurrently.
+  :func:`_node_options` is the one place that turns those into a node's, for the lanes' pools
+  and for :meth:`ClusterLanes.connection_to`.
+- *Operations over many slots* (``_common.cluster_routing.Progress``): the calls are grouped
+  by primary, each group goes out in one ``execute_many`` on its lane, the primaries
+  concurrently.
 - ``MOVED``: that one slot is patched in the map (never a full reload for it) and the call
   sent to the node named. ``ASK``: ``ASKING`` and the call in one write to the node named.
   ``NOSCRIPT``: the script is loaded on that node and the call sent again. None of these ran
   the command, so nothing runs twice.
 - ``TRYAGAIN``, ``CLUSTERDOWN``, connection errors and redirections that go round: tried again
   under the layer's retry policy (``_common.retry.Outage``), the map reloaded where it may have
-  changed; reloads are shared by concurrent callers. After the deadline,
-  :class:`~channels_valkey.exceptions.ServerUnreachable`.
+  changed; reloads are shared by concurrent callers (``_common.single_flight``). After the
+  deadline, :class:`~channels_valkey.exceptions.ServerUnreachable`.
 - *Failover*: a lane retries a lost connection by itself, which would hold its commands on a
   dead primary until the policy's deadline. So a failed connect to a node also starts a map
   reload; once the map no longer names the node as a primary, its connections refuse to
@@ -283,13 +284,19 @@ class ClusterLanes:
 
     async def command(self, key: str | bytes, *args: Any) -> Any:
         """One command on ``key``'s primary; its reply, an error reply raised."""
-        (reply,) = await self.run([Call(self.slot(key), args)])
-        return _raised(reply)
+        (reply,) = await self.run_raising([Call(self.slot(key), args)])
+        return reply
 
     async def script(self, script: Script, keys: list[str], args: Sequence[Arg]) -> object:
         """``script`` on ``keys`` (of one slot); its reply, an error reply raised."""
-        (reply,) = await self.run([Call(self.slot(keys[0]), script.command(keys, args), script)])
-        return _raised(reply)
+        call = Call(self.slot(keys[0]), script.command(keys, args), script)
+        (reply,) = await self.run_raising([call])
+        return reply
+
+    async def run_raising(self, calls: Sequence[Call]) -> list[Any]:
+        """As :meth:`run`, for an operation that fails as a whole: the first error reply of
+        a command (in the calls' order) is raised."""
+        return [_raised(reply) for reply in await self.run(calls)]
 
     async def run(self, calls: Sequence[Call]) -> list[object]:
         """Run every call, one write per primary, the primaries concurrently; their replies

@@ -36,7 +36,7 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
@@ -168,11 +168,8 @@ class ClusterPlacement:
     async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
         """One ``SPUBLISH`` per payload, in one write to the primary of ``name``'s slot."""
         slot = self.lanes.slot(name)
-        replies = await self.lanes.run([Call(slot, ("SPUBLISH", name, p)) for p in payloads])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return [int(cast(int, reply)) for reply in replies]
+        calls = [Call(slot, ("SPUBLISH", name, payload)) for payload in payloads]
+        return [int(reply) for reply in await self.lanes.run_raising(calls)]
 
     # --- subscribing ---------------------------------------------------------------------
 

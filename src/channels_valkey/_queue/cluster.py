@@ -57,10 +57,9 @@ class ClusterShard:
     ) -> list[object]:
         """One call of ``script`` per ``(keys, args)``: one write per primary."""
         slot = self.lanes.slot
-        replies = await self.lanes.run(
+        return await self.lanes.run_raising(
             [Call(slot(keys[0]), script.command(keys, args), script) for keys, args in calls]
         )
-        return [_raised(reply) for reply in replies]
 
     async def send(
         self,
@@ -165,8 +164,7 @@ class ClusterShard:
             Call(slot, ("UNLINK", *(keys[position] for position in positions)))
             for slot, positions in by_slot.items()
         ]
-        for reply in await self.lanes.run(calls):
-            _raised(reply)
+        await self.lanes.run_raising(calls)
 
     async def alive(
         self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
@@ -229,9 +227,3 @@ class ClusterShard:
 
     async def aclose(self) -> None:
         await self.lanes.aclose()
-
-
-def _raised(reply: object) -> object:
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
