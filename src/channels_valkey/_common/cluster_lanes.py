@@ -9,18 +9,19 @@ carries every non-blocking command of the event loop to it (the layers' connecti
   slot is looked up there and its call goes to that primary's lane. Each node's lane is built
   on a pool for that node with the cluster client's connection options (TLS, auth, the
   health-checked connection class of ``_common.connections.build_cluster``);
-  :meth:`ClusterLanes._node` is the one place that makes them.
-- *Operations over many slots* (``_common.cluster_routing.Progress``): the calls are grouped by
-primary,
-  each group goes out in one ``execute_many`` on its lane, the primaries concurrently.
+  :func:`_node_options` is the one place that turns those into a node's, for the lanes' pools
+  and for :meth:`ClusterLanes.connection_to`.
+- *Operations over many slots* (``_common.cluster_routing.Progress``): the calls are grouped
+  by primary, each group goes out in one ``execute_many`` on its lane, the primaries
+  concurrently.
 - ``MOVED``: that one slot is patched in the map (never a full reload for it) and the call
   sent to the node named. ``ASK``: ``ASKING`` and the call in one write to the node named.
   ``NOSCRIPT``: the script is loaded on that node and the call sent again. None of these ran
   the command, so nothing runs twice.
 - ``TRYAGAIN``, ``CLUSTERDOWN``, connection errors and redirections that go round: tried again
   under the layer's retry policy (``_common.retry.Outage``), the map reloaded where it may have
-  changed; reloads are shared by concurrent callers. After the deadline,
-  :class:`~channels_valkey.exceptions.ServerUnreachable`.
+  changed; reloads are shared by concurrent callers (``_common.single_flight``). After the
+  deadline, :class:`~channels_valkey.exceptions.ServerUnreachable`.
 - *Failover*: a lane retries a lost connection by itself, which would hold its commands on a
   dead primary until the policy's deadline. So a failed connect to a node also starts a map
   reload; once the map no longer names the node as a primary, its connections refuse to
@@ -28,7 +29,12 @@ primary,
   routed again to the promoted replica. The lane is closed.
 
 Commands that block their connection (``WAIT``) cannot ride a lane: :meth:`ClusterLanes.pinned`
-runs them on a connection of their own from the node's pool, kept for reuse.
+runs them on a connection of their own from the node's pool, kept for reuse. A connection that
+is held for long (a reader's blocking pop, a subscriber's connection) comes from
+:meth:`ClusterLanes.connection_to` and belongs to whoever asked for it.
+
+Both layers reach a cluster through one :class:`ClusterLanes` per event loop
+(:meth:`ClusterLanes.for_host`), which they close with its ``aclose`` (or ``abandon``).
 """
 
 from __future__ import annotations
@@ -48,11 +54,13 @@ from channels_valkey.exceptions import ServerUnreachable
 
 from . import cluster_routing as routing
 from .cluster_routing import Call, Route, Step
-from .connections import REDIRECT_ERRORS, pool_connections
+from .connections import REDIRECT_ERRORS, build_cluster, pool_connections
+from .hosts import ClusterHost
 from .lane import Lane
-from .per_loop import quiet, release_dead
+from .per_loop import release_dead
 from .retry import TRANSIENT_ERRORS, Outage, retrying
 from .scripts import Arg, Script
+from .single_flight import SingleFlight
 
 #: Rounds of redirections an operation follows at once; past that the cluster is still
 #: changing, and it waits as after an error, with the map reloaded.
@@ -120,21 +128,34 @@ def _gated(base: type[Any]) -> type[Any]:
     return gated
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """A node's ``host`` and ``port`` from its name (``host:port``)."""
+    host, port = name.rsplit(":", 1)
+    return host, int(port)
+
+
+def _node_options(client: ValkeyCluster, name: str) -> dict[str, Any]:
+    """What a connection to node ``name`` is made with: the cluster client's connection
+    options (TLS, auth, timeouts, its ``connection_class``) and the node's address."""
+    host, port = split_name(name)
+    options = cast("dict[str, Any]", client.get_connection_kwargs())
+    kwargs = {
+        key: value
+        for key, value in options.items()
+        if key not in ("response_callbacks", "max_connections")
+    }
+    return {**kwargs, "host": host, "port": port}
+
+
 class _Node:
     """One primary: its pool, the lane built on it, and the gate of its connections."""
 
-    def __init__(self, lanes: ClusterLanes, name: str, options: dict[str, Any]) -> None:
-        host, port = name.rsplit(":", 1)
+    def __init__(self, lanes: ClusterLanes, name: str) -> None:
         self.gate = _Gate(lanes, name)
-        kwargs = {
-            key: value
-            for key, value in options.items()
-            if key not in ("connection_class", "response_callbacks", "max_connections")
-        }
+        options = _node_options(lanes.client, name)
         self.pool = ConnectionPool(
-            connection_class=_gated(options["connection_class"]),
+            **{**options, "connection_class": _gated(options["connection_class"])},
             node_gate=self.gate,
-            **{**kwargs, "host": host, "port": int(port)},
         )
         self.lane = Lane(self.pool)
 
@@ -183,8 +204,16 @@ class ClusterLanes:
         self.client = client
         self.where = where
         self._nodes: dict[str, _Node] = {}
-        self._reloading: asyncio.Future[None] | None = None
+        self._reloads = SingleFlight(self._read_map)
         self._closed = False
+
+    @classmethod
+    def for_host(cls, host: ClusterHost) -> ClusterLanes:
+        """The lanes of the cluster a ``hosts`` entry names, with a client of its own."""
+        return cls(build_cluster(host), host.describe())
+
+    def __repr__(self) -> str:
+        return f"<ClusterLanes {self.where} primaries={len(self._nodes)}>"
 
     # --- the slot map ----------------------------------------------------------------------
 
@@ -203,8 +232,8 @@ class ClusterLanes:
         name = routing.redirect_target(moved, answered_by)
         node = manager.nodes_cache.get(name)
         if node is None:
-            host, port = name.rsplit(":", 1)
-            node = ClusterNode(host, int(port), PRIMARY, **manager.connection_kwargs)
+            host, port = split_name(name)
+            node = ClusterNode(host, port, PRIMARY, **manager.connection_kwargs)
             manager.nodes_cache[name] = node
         node.server_type = PRIMARY
         manager.slots_cache[moved.slot_id] = [node]
@@ -216,24 +245,13 @@ class ClusterLanes:
 
     async def refresh(self) -> None:
         """Read the map again; concurrent callers share one read."""
-        await asyncio.shield(self._reload())
+        await self._reloads()
 
     def node_failed(self) -> None:
         """A connect to a node failed: read the map in the background, to learn whether a
         replica took over (see :class:`NodeRetired`)."""
         if not self._closed:
-            self._reload()
-
-    def _reload(self) -> asyncio.Future[None]:
-        if self._reloading is None:
-            self._reloading = asyncio.ensure_future(self._read_map())
-            self._reloading.add_done_callback(self._reloaded)
-        return self._reloading
-
-    def _reloaded(self, future: asyncio.Future[None]) -> None:
-        self._reloading = None
-        if not future.cancelled():
-            future.exception()  # a background reload's error is not reported: the next one is
+            self._reloads.start()
 
     async def _read_map(self) -> None:
         if self.client.nodes_manager.slots_cache:
@@ -251,21 +269,34 @@ class ClusterLanes:
         if node is None:
             if self._closed:
                 raise RuntimeError(f"{self.where}: closed on this event loop")
-            options = cast("dict[str, Any]", self.client.get_connection_kwargs())
-            node = self._nodes[name] = _Node(self, name, options)
+            node = self._nodes[name] = _Node(self, name)
         return node
+
+    def connection_to(self, name: str) -> AbstractConnection:
+        """A new, unconnected connection to node ``name`` with the cluster client's options,
+        outside every lane and pool: for a connection held for long (a blocking pop, a
+        subscription). Whoever asked for it owns it and disconnects it."""
+        options = _node_options(self.client, name)
+        connection: AbstractConnection = options.pop("connection_class")(**options)
+        return connection
 
     # --- commands --------------------------------------------------------------------------
 
     async def command(self, key: str | bytes, *args: Any) -> Any:
         """One command on ``key``'s primary; its reply, an error reply raised."""
-        (reply,) = await self.run([Call(self.slot(key), args)])
-        return _raised(reply)
+        (reply,) = await self.run_raising([Call(self.slot(key), args)])
+        return reply
 
     async def script(self, script: Script, keys: list[str], args: Sequence[Arg]) -> object:
         """``script`` on ``keys`` (of one slot); its reply, an error reply raised."""
-        (reply,) = await self.run([Call(self.slot(keys[0]), script.command(keys, args), script)])
-        return _raised(reply)
+        call = Call(self.slot(keys[0]), script.command(keys, args), script)
+        (reply,) = await self.run_raising([call])
+        return reply
+
+    async def run_raising(self, calls: Sequence[Call]) -> list[Any]:
+        """As :meth:`run`, for an operation that fails as a whole: the first error reply of
+        a command (in the calls' order) is raised."""
+        return [_raised(reply) for reply in await self.run(calls)]
 
     async def run(self, calls: Sequence[Call]) -> list[object]:
         """Run every call, one write per primary, the primaries concurrently; their replies
@@ -289,7 +320,7 @@ class ClusterLanes:
                 cause = trouble or ResponseError("redirected too often")
                 raise ServerUnreachable(self.where, cause) from cause
             if not isinstance(trouble, TryAgainError):  # a key split by a migration: no news
-                self._reload()  # in the background, during the pause
+                self._reloads.start()  # in the background, during the pause
             await asyncio.sleep(delay)
             hops = 0
 
@@ -367,7 +398,7 @@ class ClusterLanes:
             try:
                 replies = await node.exclusive(commands)
             except TRANSIENT_ERRORS:
-                self._reload()
+                self._reloads.start()
                 raise
             except NodeRetired:
                 name, asking = self.owner(slot), False
@@ -383,9 +414,9 @@ class ClusterLanes:
                 await node.lane.script_load(script.source)
             else:
                 if isinstance(reply, ClusterDownError):
-                    self._reload()
+                    self._reloads.start()
                 return _raised(reply), _raised(after)
-        self._reload()
+        self._reloads.start()
         raise cast(Exception, reply)  # a redirection that goes round: retried after a pause
 
     # --- closing ---------------------------------------------------------------------------
@@ -396,8 +427,7 @@ class ClusterLanes:
         nodes = list(self._nodes.values())
         self._nodes.clear()
         await asyncio.gather(*(node.aclose() for node in nodes))
-        if self._reloading is not None:
-            await asyncio.gather(self._reloading, return_exceptions=True)
+        await self._reloads.finish()
         await self.client.aclose()
         # valkey-py skips its own close while a reload is pending (after a connection error);
         # disconnecting the nodes again is harmless and leaves no socket open.
@@ -407,8 +437,7 @@ class ClusterLanes:
     def abandon(self) -> None:
         """Release every connection without the event loop, which was closed under them."""
         self._closed = True
-        if isinstance(self._reloading, asyncio.Task):
-            quiet(self._reloading)
+        self._reloads.abandon()
         for node in self._nodes.values():
             node.abandon()
         self._nodes.clear()

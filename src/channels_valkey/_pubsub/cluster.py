@@ -15,7 +15,7 @@ pub/sub routes each by its own hash slot, so no hash tag is needed: a subscripti
   ``CLUSTER SLOTS`` when first needed and again when a name has to move, so that following
   subscriptions never waits on the publishing side's reloads.
 
-Following the cluster (see the subscriber for the details):
+Following the cluster (see ``_pubsub.relocation`` for the details):
 
 - a slot moves (resharding): the old node pushes ``sunsubscribe`` for its names; the subscriber
   reads the slot map from that node (it knows the new owner) and hands the names over to the
@@ -36,37 +36,26 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
-from valkey.asyncio.cluster import ClusterNode
 from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError, ResponseError
 
-from channels_valkey._common.cluster_lanes import ClusterLanes
-from channels_valkey._common.cluster_routing import Call
-from channels_valkey._common.connections import build_cluster
+from channels_valkey._common.cluster_lanes import ClusterLanes, split_name
+from channels_valkey._common.cluster_routing import Call, node_name, redirect_target
 from channels_valkey._common.health import without_health_check
 from channels_valkey._common.hosts import ClusterHost
 from channels_valkey._common.retry import TRANSIENT_ERRORS, retrying
+from channels_valkey._common.single_flight import SingleFlight
 from channels_valkey.exceptions import ServerUnreachable
 
 from .state import ChannelClosed
 from .subscriber import Hooks, Subscriber
-from .wire import SHARDED
 
 logger = logging.getLogger(__name__)
 
 #: A node that cannot tell the slot map: unreachable, or refusing (loading, not a cluster...).
 _REFRESH_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ResponseError)
-
-
-def node_key(host: str, port: int) -> str:
-    return f"{host}:{port}"
-
-
-def split_key(key: str) -> tuple[str, int]:
-    host, port = key.rsplit(":", 1)
-    return host, int(port)
 
 
 class SlotMap:
@@ -91,8 +80,8 @@ class SlotMap:
             start, end, primary = int(entry[0]), int(entry[1]), entry[2]
             host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
             if not host or host == "?":
-                host = split_key(asked)[0]
-            ranges.append((start, end, node_key(host, int(primary[1]))))
+                host = split_name(asked)[0]
+            ranges.append((start, end, node_name(host, int(primary[1]))))
         return cls(ranges)
 
     def owner(self, slot: int) -> str | None:
@@ -121,24 +110,21 @@ class SlotMap:
         return list(dict.fromkeys(key for _, _, key in self._ranges))
 
 
-class NodeTarget:
+class NodeEndpoint:
     """One cluster node, for a subscriber to connect to."""
 
-    def __init__(self, key: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, key: str, lanes: ClusterLanes) -> None:
         self.key = key
-        self._kwargs = kwargs
+        self._lanes = lanes
 
     def __repr__(self) -> str:
-        return f"<NodeTarget {self.key}>"
+        return f"<NodeEndpoint {self.key}>"
 
     def describe(self) -> str:
         return self.key
 
     def subscriber_connection(self) -> AbstractConnection:
-        host, port = split_key(self.key)
-        node = ClusterNode(host, port, **self._kwargs)  # the cluster client's connection options
-        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
-        return without_health_check(connection)
+        return without_health_check(self._lanes.connection_to(self.key))
 
 
 class ClusterPlacement:
@@ -147,11 +133,10 @@ class ClusterPlacement:
 
     def __init__(self, host: ClusterHost, hooks: Hooks) -> None:
         self.host = host
-        self.lanes = ClusterLanes(build_cluster(host), host.describe())
-        self.client = self.lanes.client
+        self.lanes = ClusterLanes.for_host(host)
         self._hooks = hooks
         self._slots = SlotMap()
-        self._loading: asyncio.Future[None] | None = None
+        self._loads = SingleFlight(self._load_retrying)
         self._subscribers: dict[str, Subscriber] = {}
         #: The subscriber responsible for each subscribed name.
         self._holder: dict[str, Subscriber] = {}
@@ -183,11 +168,8 @@ class ClusterPlacement:
     async def publish_many(self, name: str, payloads: Sequence[bytes]) -> list[int]:
         """One ``SPUBLISH`` per payload, in one write to the primary of ``name``'s slot."""
         slot = self.lanes.slot(name)
-        replies = await self.lanes.run([Call(slot, ("SPUBLISH", name, p)) for p in payloads])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return [int(cast(int, reply)) for reply in replies]
+        calls = [Call(slot, ("SPUBLISH", name, payload)) for payload in payloads]
+        return [int(reply) for reply in await self.lanes.run_raising(calls)]
 
     # --- subscribing ---------------------------------------------------------------------
 
@@ -217,33 +199,30 @@ class ClusterPlacement:
             if self._closed:
                 raise ChannelClosed("the channel layer was closed")
             subscriber = self._subscribers[key] = Subscriber(
-                NodeTarget(key, cast(Any, self.client.get_connection_kwargs())),
+                NodeEndpoint(key, self.lanes),
                 self._hooks,
                 key=key,
-                dialect=SHARDED,
-                relocator=self,
+                cluster=self,
             )
         return subscriber
 
     async def _load(self) -> None:
         """The first slot map; concurrent first subscriptions share one read, tried again
         under the retry policy while no node answers (the cluster may be restarting)."""
-        if self._loading is None:
-            self._loading = asyncio.ensure_future(
-                retrying(self.refresh, (*_REFRESH_ERRORS, LookupError), self.host.describe())
-            )
-            self._loading.add_done_callback(lambda _: setattr(self, "_loading", None))
         try:
-            await asyncio.shield(self._loading)
+            await self._loads()
         except ServerUnreachable:
             raise
         except Exception as error:
             raise ServerUnreachable(self.host.describe(), error) from error
 
-    # --- what subscribers ask (the Relocator protocol) -----------------------------------
+    async def _load_retrying(self) -> None:
+        await retrying(self.refresh, (*_REFRESH_ERRORS, LookupError), self.host.describe())
+
+    # --- what subscribers' relocations ask (the relocation.Cluster protocol) ----------
 
     def slot(self, name: str) -> int:
-        return self.client.keyslot(name)
+        return self.lanes.slot(name)
 
     def owner(self, name: str) -> str | None:
         return self._slots.owner(self.slot(name))
@@ -254,7 +233,7 @@ class ClusterPlacement:
         candidates = [
             *([ask_first] if ask_first else []),
             *self._slots.primaries(),
-            *(node_key(host, port) for host, port in self.host.startup_nodes),
+            *(node_name(host, port) for host, port in self.host.startup_nodes),
         ]
         order = [key for key in dict.fromkeys(candidates) if key != ask_last]
         if ask_last:
@@ -274,15 +253,17 @@ class ClusterPlacement:
         raise error or LookupError("no node of the cluster answered CLUSTER SLOTS")
 
     async def _cluster_slots(self, key: str) -> Any:
-        host, port = split_key(key)
-        node = ClusterNode(host, port, **cast(Any, self.client.get_connection_kwargs()))
+        connection = self.lanes.connection_to(key)
         try:
-            return await node.execute_command("CLUSTER SLOTS")
+            await connection.send_packed_command(
+                connection.pack_command("CLUSTER SLOTS"), check_health=False
+            )
+            return await connection.read_response()
         finally:
-            await node.disconnect()
+            await connection.disconnect()
 
     def learn(self, error: MovedError, where: str) -> str:
-        key = node_key(error.host or split_key(where)[0], int(error.port))
+        key = redirect_target(error, where)
         self._slots = self._slots.moved(int(error.slot_id), key)
         return key
 
@@ -296,6 +277,7 @@ class ClusterPlacement:
 
     def abandon(self) -> None:
         self._closed = True
+        self._loads.abandon()
         for subscriber in self.subscribers:
             subscriber.abandon()
         self.lanes.abandon()

@@ -15,12 +15,11 @@ Liveness: when the connection has been silent for ``KEEPALIVE_SECONDS`` the read
 ``PING``; no answer within as long again counts as a dropped connection. An idle layer thus
 wakes once per ``KEEPALIVE_SECONDS`` per connection, and never otherwise.
 
-On a Valkey Cluster (sharded pub/sub, with a :class:`Relocator`) a name can also leave this
-node while the connection stays up: the node pushes ``sunsubscribe`` for the names of a slot
-it no longer serves, or answers ``-MOVED`` to a subscription. The subscriber then asks the
-relocator where the slot lives now and hands the name over to that node's subscriber (or
-subscribes it here again). After a dropped connection it asks the same question before
-reconnecting, which is how it follows a failover to the promoted replica.
+On a Valkey Cluster (sharded pub/sub) a name can also leave this node while the connection
+stays up, and a dropped connection may mean that a replica took over. Following the slots is
+the job of the subscriber's :class:`~channels_valkey._pubsub.relocation.Relocation`: the
+reader passes it what the node says about slots (a pushed ``sunsubscribe``, a ``-MOVED``, a
+refusal for now), and asks it where the names live before reconnecting.
 
 *Outages*, reported with ``on_down(names)`` / ``on_up()``: an outage opens when a connection
 that carried subscriptions drops, or when the server drops names (a slot moved); it closes once
@@ -38,13 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from valkey.asyncio.connection import AbstractConnection
-from valkey.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
+from valkey.exceptions import AskError, ResponseError
 
 from channels_valkey._common.log import RateLimitedLog
 from channels_valkey._common.per_loop import quiet, release_dead
@@ -52,15 +51,16 @@ from channels_valkey._common.retry import DEADLINE, TRANSIENT_ERRORS, pause
 from channels_valkey.exceptions import ServerUnreachable
 from channels_valkey.stats import StatsRecorder
 
+from .relocation import Cluster, Relocation, settle
 from .state import ChannelClosed
 from .wire import (
     PING,
     PLAIN,
+    SHARDED,
     SUBSCRIBE,
     UNSUBSCRIBE,
     Answer,
     Command,
-    Dialect,
     Op,
     Pushed,
     ReplyTracker,
@@ -74,10 +74,6 @@ KEEPALIVE_SECONDS = 30.0
 #: The retry policy's deadline: a subscription not confirmed by then raises.
 SUBSCRIBE_TIMEOUT = DEADLINE
 
-#: Refusals that a later attempt can turn into a confirmation: the cluster is failing over
-#: (``CLUSTERDOWN``), or resharding (``TRYAGAIN``, ``ASK``). The subscription is sent again.
-_RETRY_LATER = (ClusterDownError, TryAgainError, AskError)
-
 
 def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a failure as seen: it was reported to the waiters, or logged when nobody waited."""
@@ -85,41 +81,13 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _settle(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
-
-
-class Target(Protocol):
+class Endpoint(Protocol):
     """Where a subscriber connects: a server, a Sentinel-managed primary or a cluster node."""
 
     def describe(self) -> str: ...
 
     def subscriber_connection(self) -> AbstractConnection:
         """A new, unconnected connection for one subscriber to own."""
-        ...
-
-
-class Relocator(Protocol):
-    """What a subscriber on a cluster node asks of the cluster (``_pubsub.cluster``)."""
-
-    def slot(self, name: str) -> int: ...
-
-    def owner(self, name: str) -> str | None:
-        """The node (``host:port``) serving ``name``'s slot in the last slot map read."""
-        ...
-
-    async def refresh(self, *, ask_first: str | None = None, ask_last: str | None = None) -> None:
-        """Read the slot map again from a node of the cluster."""
-        ...
-
-    def learn(self, error: MovedError, where: str) -> str:
-        """Note the new owner a ``-MOVED`` (answered by node ``where``) names; returns it."""
-        ...
-
-    def hand_off(self, name: str, future: asyncio.Future[None], to: str) -> asyncio.Future[None]:
-        """Make node ``to`` responsible for ``name``; returns the future its confirmation
-        resolves (``future`` itself when someone still waits on it)."""
         ...
 
 
@@ -135,8 +103,10 @@ class Hooks:
     stats: StatsRecorder
 
 
-class _Link:
-    """One connection as long as it works: what was sent on it and whether it is caught up."""
+class _Session:
+    """One connection, from its connect to its drop: what was sent on it and whether it has
+    caught up. A new connection gets a new session, so anything tied to an old one (an
+    answer, a confirmation, a retry) is recognised as stale by identity."""
 
     __slots__ = ("confirms", "connection", "pinged", "subscribed", "tracker", "up")
 
@@ -155,25 +125,32 @@ class _Link:
 
 
 class Subscriber:
+    """One connection carrying the subscriptions of one event loop to one server or node.
+
+    Owned by its placement (``_pubsub.placement``, ``_pubsub.cluster``), which made it and
+    ends it with :meth:`aclose` (or :meth:`abandon` when the event loop was closed under it).
+    It owns the connection, its reader and writer tasks, its subscriptions (``_wanted``: each
+    name's future, resolved by the server's confirmation) and, on a cluster node, its
+    :class:`~channels_valkey._pubsub.relocation.Relocation`. The tasks start with the first
+    subscription and run until it is closed; with no name wanted they wait, unconnected.
+    """
+
     def __init__(
         self,
-        server: Target,
+        endpoint: Endpoint,
         hooks: Hooks,
         *,
         key: object,
-        dialect: Dialect = PLAIN,
-        relocator: Relocator | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
-        self.server = server
+        """``cluster``: the node ``key`` (``host:port``) of that cluster, with sharded pub/sub
+        and a relocation; without it, classic pub/sub on a server that keeps every name."""
+        self.endpoint = endpoint
         self.key = key
         self._hooks = hooks
-        self._stats = hooks.stats
-        self._dialect = dialect
-        self._relocator = relocator
-        self._slot_of = relocator.slot if relocator is not None and dialect.sharded else None
         self._wanted: dict[str, asyncio.Future[None]] = {}
         self._outbox: list[Op] = []
-        self._link: _Link | None = None
+        self._session: _Session | None = None
         self._has_wanted = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -184,26 +161,23 @@ class Subscriber:
         #: An outage was reported with on_down; its on_up is due once it is over.
         self._missed = False
         #: The outage began with a lost connection (counted in the stats when it ends).
-        self._link_lost = False
-        #: Names the server dropped, to be placed again once the slot map is read.
-        self._moving: set[str] = set()
-        self._unannounced: list[str] = []
-        self._relocating: asyncio.Task[None] | None = None
-        #: Confirmations, on other nodes, of names handed over during an outage.
-        self._handoffs: set[asyncio.Future[None]] = set()
-        #: Subscriptions refused for now (cluster failing over), sent again after a delay.
-        self._retry: list[tuple[_Link, Op]] = []
-        self._retry_timer: asyncio.TimerHandle | None = None
-        self._retry_round = 0
+        self._connection_lost = False
+        self._relocation = (
+            None
+            if cluster is None
+            else Relocation(cluster, self, node=str(key), warnings=self._warnings)
+        )
+        self._dialect = PLAIN if self._relocation is None else SHARDED
+        self._slot_of = None if self._relocation is None else self._relocation.slot
 
     def __repr__(self) -> str:
         state = "up" if self.up else "down"
-        return f"<Subscriber {self.server.describe()} {state} names={len(self._wanted)}>"
+        return f"<Subscriber {self.endpoint.describe()} {state} names={len(self._wanted)}>"
 
     @property
     def up(self) -> bool:
         """Connected, with every wanted name answered by the server."""
-        return self._link is not None and self._link.up
+        return self._session is not None and self._session.up
 
     @property
     def names(self) -> list[str]:
@@ -224,7 +198,7 @@ class Subscriber:
             cause = self._last_error or TimeoutError(
                 f"SUBSCRIBE {name} not confirmed within {SUBSCRIBE_TIMEOUT:g} s"
             )
-            raise ServerUnreachable(self.server.describe(), cause)
+            raise ServerUnreachable(self.endpoint.describe(), cause)
         future.result()
 
     def adopt(self, name: str, future: asyncio.Future[None] | None) -> asyncio.Future[None]:
@@ -236,14 +210,14 @@ class Subscriber:
         current = self._wanted.get(name)
         if current is not None:
             if future is not None and future is not current and not future.done():
-                current.add_done_callback(lambda _: _settle(future))
+                current.add_done_callback(lambda _: settle(future))
             return current
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             future.add_done_callback(_retrieve)
         self._wanted[name] = future
         self._has_wanted.set()
-        self._send(Op(SUBSCRIBE, name, future))
+        self.send(Op(SUBSCRIBE, name, future))
         if not self._tasks:
             self._start()
         return future
@@ -252,21 +226,21 @@ class Subscriber:
         future = self._wanted.pop(name, None)
         if future is None:
             return
-        self._moving.discard(name)
-        _settle(future)  # whoever waited for it no longer needs it
-        self._send(Op(UNSUBSCRIBE, name))
+        if self._relocation is not None:
+            self._relocation.moving.discard(name)
+        settle(future)  # whoever waited for it no longer needs it
+        self.send(Op(UNSUBSCRIBE, name))
         self._check_empty()
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        if self._relocation is not None:
+            self._relocation.close()
         # Also woken, in case a cancellation is swallowed inside valkey-py (its writes use
         # asyncio.wait_for, which can lose one before Python 3.12): the loops then see _closed.
         self._has_wanted.set()
         self._outbox_ready.set()
-        tasks = [*self._tasks, *([self._relocating] if self._relocating else [])]
-        pending = {task for task in tasks if not task.done()}
+        pending = {task for task in self._all_tasks() if not task.done()}
         while pending:  # cancelled again if a cancellation was lost
             for task in pending:
                 task.cancel()
@@ -276,59 +250,92 @@ class Subscriber:
             if not future.done():
                 future.set_exception(error)
         self._wanted.clear()
-        self._stats.closed(self)
+        self._hooks.stats.closed(self)
 
     def abandon(self) -> None:
         """Release the connection and silence the tasks of an event loop that was closed
         under them (see ``_common.per_loop``)."""
         self._closed = True
-        for task in [*self._tasks, *([self._relocating] if self._relocating else [])]:
+        if self._relocation is not None:
+            self._relocation.close()
+        for task in self._all_tasks():
             quiet(task)
-        if self._link is not None:
-            release_dead(self._link.connection)
-        self._stats.closed(self)
+        if self._session is not None:
+            release_dead(self._session.connection)
+        self._hooks.stats.closed(self)
 
-    def _send(self, op: Op) -> None:
+    def _all_tasks(self) -> list[asyncio.Task[None]]:
+        relocating = self._relocation.tasks if self._relocation is not None else []
+        return [*self._tasks, *relocating]
+
+    # --- what the relocation asks (the Holder protocol) ----------------------------------
+
+    @property
+    def session(self) -> _Session | None:
+        return self._session
+
+    def wanted(self, name: str) -> asyncio.Future[None] | None:
+        return self._wanted.get(name)
+
+    def send(self, op: Op) -> None:
         """Queue ``op`` for the writer; without a connection, the next one re-subscribes."""
-        if self._link is None:
+        if self._session is None:
             return
         self._outbox.append(op)
         self._outbox_ready.set()
 
-    def _release(self, name: str) -> asyncio.Future[None]:
+    def resubscribe(self, name: str) -> None:
+        if self._session is not None:
+            self.send(self._resubscription(self._session, name))
+
+    def release(self, name: str) -> asyncio.Future[None]:
         """Stop being responsible for ``name`` without unsubscribing (the server dropped it)."""
         future = self._wanted.pop(name)
-        self._moving.discard(name)
         if not self._wanted:
             self._has_wanted.clear()
         return future
+
+    def report_moved(self, names: list[str]) -> None:
+        self._down(names, moved=True)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None], role: str) -> asyncio.Task[None]:
+        where = self.endpoint.describe()
+        task = asyncio.get_running_loop().create_task(
+            coroutine, name=f"channels_valkey pubsub {role} {where}"
+        )
+        task.add_done_callback(self._task_done)
+        return task
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def _resubscription(self, session: _Session, name: str) -> Op:
+        """``SUBSCRIBE name`` again: for a name confirmed before, with a confirmation the
+        outage waits for; otherwise with its pending future."""
+        future = self._wanted[name]
+        return Op(SUBSCRIBE, name, self._confirmation(session) if future.done() else future)
 
     def _check_empty(self) -> None:
         if self._wanted:
             return
         self._has_wanted.clear()
-        if self._link is None and self._link_lost:
+        if self._session is None and self._connection_lost:
             # Nothing left to reconnect for: the time without a connection stops counting.
             # The notices stay due (on_up) for the next time this subscriber is up.
-            self._link_lost = False
-            self._stats.closed(self)
+            self._connection_lost = False
+            self._hooks.stats.closed(self)
 
     def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        where = self.server.describe()
         self._tasks = [
-            loop.create_task(self._read_loop(), name=f"channels_valkey pubsub reader {where}"),
-            loop.create_task(self._write_loop(), name=f"channels_valkey pubsub writer {where}"),
+            self.spawn(self._read_loop(), "reader"),
+            self.spawn(self._write_loop(), "writer"),
         ]
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error(
                 "Pub/sub task %s for %s stopped: %r",
                 task.get_name(),
-                self.server.describe(),
+                self.endpoint.describe(),
                 task.exception(),
             )
 
@@ -338,133 +345,43 @@ class Subscriber:
         self._missed = True
         self._hooks.on_down(self.key, names, moved)
 
-    def _maybe_up(self) -> None:
+    def check_up(self) -> None:
         """Report the end of the outage once every name it concerned is confirmed again."""
-        if not self._missed or self._closed or self._moving or self._handoffs:
+        if not self._missed or self._closed:
             return
-        link = self._link
-        if self._wanted and (link is None or not link.up or link.confirms):
+        if self._relocation is not None and not self._relocation.settled:
+            return
+        session = self._session
+        if self._wanted and (session is None or not session.up or session.confirms):
             return
         self._missed = False
-        if self._link_lost:
-            self._link_lost = False
-            self._stats.reconnected(self)
+        if self._connection_lost:
+            self._connection_lost = False
+            self._hooks.stats.reconnected(self)
             if self._wanted:
                 logger.info(
                     "Reconnected to %s; %d subscriptions restored",
-                    self.server.describe(),
+                    self.endpoint.describe(),
                     len(self._wanted),
                 )
             else:
                 logger.info(
                     "Subscriptions lost with %s restored on the nodes serving them now",
-                    self.server.describe(),
+                    self.endpoint.describe(),
                 )
         self._hooks.on_up(self.key)
 
-    def _track_handoff(self, future: asyncio.Future[None]) -> None:
-        if future.done():
-            return
-        self._handoffs.add(future)
-        future.add_done_callback(self._handoff_done)
-
-    def _handoff_done(self, future: asyncio.Future[None]) -> None:
-        self._handoffs.discard(future)
-        self._maybe_up()
-
-    def _confirmation(self, link: _Link) -> asyncio.Future[None]:
+    def _confirmation(self, session: _Session) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        future.add_done_callback(partial(self._confirmed, link))
-        link.confirms.add(future)
+        future.add_done_callback(partial(self._confirmed, session))
+        session.confirms.add(future)
         return future
 
-    def _confirmed(self, link: _Link, future: asyncio.Future[None]) -> None:
-        link.confirms.discard(future)
-        if link is self._link:
-            self._maybe_up()
-
-    # --- moving names (cluster) ----------------------------------------------------------
-
-    def _move(self, name: str, to: str) -> None:
-        assert self._relocator is not None
-        future = self._release(name)
-        try:
-            handed = self._relocator.hand_off(name, future, to)
-        except ChannelClosed as error:  # the layer is closing on this loop
-            if not future.done():
-                future.set_exception(error)
-            return
-        self._track_handoff(handed)
-
-    def _dropped_by_server(self, name: str) -> None:
-        """The node unsubscribed ``name`` itself: its slot now lives elsewhere."""
-        if name not in self._wanted or name in self._moving:
-            return
-        self._moving.add(name)
-        if not self._unannounced:
-            asyncio.get_running_loop().call_soon(self._announce)
-        self._unannounced.append(name)
-        if self._relocating is None:
-            self._relocating = asyncio.get_running_loop().create_task(
-                self._relocate_moving(),
-                name=f"channels_valkey pubsub relocation {self.server.describe()}",
-            )
-            self._relocating.add_done_callback(self._task_done)
-
-    def _announce(self) -> None:
-        """One on_down for a burst of dropped names (one ``sunsubscribe`` frame each)."""
-        names = [name for name in self._unannounced if name in self._moving]
-        self._unannounced.clear()
-        if names and not self._closed:
-            logger.debug(
-                "%s stopped serving %d subscribed name(s) (a slot moved or a failover); "
-                "subscribing them where they live now",
-                self.server.describe(),
-                len(names),
-            )
-            self._down(names, moved=True)
-
-    async def _relocate_moving(self) -> None:
-        assert self._relocator is not None
-        failures = 0
-        try:
-            while self._moving and not self._closed:
-                names = list(self._moving)
-                try:
-                    # This node just learned where the slot went: ask it first.
-                    await self._relocator.refresh(ask_first=str(self.key))
-                except Exception as error:
-                    failures += 1
-                    self._warnings.warning(
-                        "Could not read the cluster's slot map (%s); retrying", error
-                    )
-                    await asyncio.sleep(pause(failures))
-                    continue
-                self._place(names, resubscribe_here=True)
-        finally:
-            self._relocating = None
-        self._maybe_up()
-
-    def _place(self, names: Iterable[str], *, resubscribe_here: bool) -> None:
-        """Hand each name whose slot lives on another node over to it; subscribe the others
-        here again (at once, or at the next connection)."""
-        assert self._relocator is not None
-        link = self._link
-        for name in names:
-            if name not in self._wanted:
-                self._moving.discard(name)
-                continue
-            owner = self._relocator.owner(name)
-            if owner is not None and owner != self.key:
-                self._move(name, owner)
-                continue
-            if name in self._moving:
-                self._moving.discard(name)
-                if resubscribe_here and link is not None:
-                    future = self._wanted[name]
-                    done = self._confirmation(link) if future.done() else future
-                    self._send(Op(SUBSCRIBE, name, done))
+    def _confirmed(self, session: _Session, future: asyncio.Future[None]) -> None:
+        session.confirms.discard(future)
+        if session is self._session:
+            self.check_up()
 
     # --- reader --------------------------------------------------------------------------
 
@@ -472,79 +389,73 @@ class Subscriber:
         while not self._closed:
             await self._has_wanted.wait()
             if self._failures:
-                await asyncio.sleep(self._backoff())
-                if self._relocator is not None and not await self._follow_cluster():
+                await asyncio.sleep(pause(self._failures))
+                if self._relocation is not None and not await self._follow_cluster():
                     continue
             try:
-                link = await self._connect()
+                session = await self._connect()
             except Exception as error:
                 self._failed(error)
                 continue
             try:
-                await self._serve(link)
+                await self._serve(session)
             except GeneratorExit:
                 raise  # its loop was closed under it: abandon() releases the connection
             except Exception as error:
                 self._failed(error)
-                await self._drop(link, notify=True)
+                await self._drop(session, notify=True)
             except BaseException:
-                await self._drop(link, notify=False)
+                await self._drop(session, notify=False)
                 raise
 
     async def _follow_cluster(self) -> bool:
-        """Before reconnecting to a cluster node: read the slot map (asking the other nodes
-        first, this one may be dead) and hand over the names whose slots live elsewhere now,
-        as after a failover. ``False`` when there is nothing to connect for."""
-        assert self._relocator is not None
+        """Before reconnecting to a cluster node: let the relocation hand over the names whose
+        slots live elsewhere now. ``False`` when there is nothing to connect for."""
+        assert self._relocation is not None
         try:
-            await self._relocator.refresh(ask_last=str(self.key))
+            await self._relocation.follow(list(self._wanted))
         except Exception as error:
             self._failed(error)
             return False
-        self._place(list(self._wanted), resubscribe_here=False)
         if self._wanted:
             return True
         self._failures = 0
-        self._maybe_up()
+        self.check_up()
         return False
 
-    def _backoff(self) -> float:
-        return pause(self._failures)
-
-    async def _connect(self) -> _Link:
-        connection = self.server.subscriber_connection()
+    async def _connect(self) -> _Session:
+        connection = self.endpoint.subscriber_connection()
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             await connection.disconnect()
             raise
-        link = _Link(connection)
+        session = _Session(connection)
         caught_up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        caught_up.add_done_callback(partial(self._caught_up, link))
-        names = [name for name in self._wanted if name not in self._moving]
+        caught_up.add_done_callback(partial(self._caught_up, session))
+        moving = self._relocation.moving if self._relocation is not None else set()
+        names = [name for name in self._wanted if name not in moving]
         if self._slot_of is not None:
             names.sort(key=self._slot_of)  # one SSUBSCRIBE per slot
-        ops = []
-        for name in names:
-            future = self._wanted[name]
-            ops.append(Op(SUBSCRIBE, name, self._confirmation(link) if future.done() else future))
+        ops = [self._resubscription(session, name) for name in names]
         # Replaces whatever was queued for the previous connection: this covers it all.
         self._outbox = [*ops, Op(PING, done=caught_up)]
-        self._link = link
+        self._session = session
         self._outbox_ready.set()
-        return link
+        return session
 
-    def _caught_up(self, link: _Link, future: asyncio.Future[None]) -> None:
-        if future.cancelled() or future.exception() is not None or link is not self._link:
+    def _caught_up(self, session: _Session, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None or session is not self._session:
             return
-        link.up = True
+        session.up = True
         self._failures = 0
         self._last_error = None
-        self._maybe_up()
+        self.check_up()
 
-    async def _serve(self, link: _Link) -> None:
+    async def _serve(self, session: _Session) -> None:
         """Read until the connection fails (then raise): pushed messages and answers."""
-        connection = link.connection
+        connection = session.connection
+        tracker = session.tracker
         while True:
             try:
                 reply = await connection.read_response(
@@ -552,89 +463,45 @@ class Subscriber:
                 )
             except ResponseError as error:
                 slot = error.slot_id if isinstance(error, AskError) else None
-                if slot is not None and not link.tracker.expects_error(slot):
+                if slot is not None and not tracker.expects_error(slot):
                     continue  # answers an unsubscribe that the server's push already settled
-                self._refused(link, link.tracker.refused(error), error)
+                self._refused(session, tracker.refused(error), error)
                 continue
             if reply is None:  # silent for KEEPALIVE_SECONDS
-                if link.pinged:
+                if session.pinged:
                     raise TimeoutError(f"no answer to PING within {KEEPALIVE_SECONDS:g} s")
-                link.pinged = True
-                self._send(Op(PING))
+                session.pinged = True
+                self.send(Op(PING))
                 continue
-            link.pinged = False
+            session.pinged = False
             parsed = parse_reply(reply)
             if isinstance(parsed, Pushed):
                 self._hooks.on_message(parsed.name, parsed.payload)
             elif isinstance(parsed, Answer):
-                if (
-                    self._dialect.sharded
-                    and parsed.kind == UNSUBSCRIBE
-                    and not link.tracker.expects(parsed)
-                ):
-                    self._dropped_by_server(parsed.name)
-                    continue
-                link.tracker.answered(parsed)
-                if parsed.kind == SUBSCRIBE:
-                    link.subscribed = True
-                    self._retry_round = 0
+                self._answered(session, parsed)
 
-    def _refused(self, link: _Link, ops: list[Op], error: ResponseError) -> None:
-        if isinstance(error, MovedError) and self._relocator is not None:
-            logger.debug("%s answered %s: following it", self.server.describe(), error)
-            self._redirected(ops, self._relocator.learn(error, str(self.key)))
-        elif isinstance(error, _RETRY_LATER) and self._dialect.sharded:
-            logger.debug("%s refused for now (%s); trying again", self.server.describe(), error)
-            for op in ops:
-                if op.kind == SUBSCRIBE:
-                    self._retry_later(link, op)
-                else:
-                    _settle(op.done)
-        else:
-            for op in ops:
-                if op.done is not None and not op.done.done():
-                    op.done.set_exception(error)
-                self._refused_for_good(op, error)
-
-    def _redirected(self, ops: list[Op], to: str) -> None:
-        """A ``-MOVED``: the slot of these names lives on node ``to``; follow it there."""
-        for op in ops:
-            wanted = self._wanted.get(op.name)
-            if op.kind == SUBSCRIBE and wanted is not None:
-                if op.name in self._moving:  # being placed already
-                    if op.done is not wanted:
-                        _settle(op.done)
-                    continue
-                if to == self.key:  # a node naming itself: ask again later
-                    self._retry_later(self._link, op)
-                    continue
-                self._move(op.name, to)
-                if op.done is wanted:
-                    continue  # the pending subscription went along with the name
-            _settle(op.done)
-
-    def _retry_later(self, link: _Link | None, op: Op) -> None:
-        if link is None:
-            _settle(op.done if op.done is not self._wanted.get(op.name) else None)
+    def _answered(self, session: _Session, answer: Answer) -> None:
+        relocation = self._relocation
+        pushed = answer.kind == UNSUBSCRIBE and not session.tracker.expects(answer)
+        if relocation is not None and pushed:  # the node no longer serves the name
+            relocation.dropped(answer.name)
             return
-        self._retry.append((link, op))
-        if self._retry_timer is None:
-            self._retry_round += 1
-            delay = pause(self._retry_round)
-            self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
+        session.tracker.answered(answer)
+        if answer.kind == SUBSCRIBE:
+            session.subscribed = True
+            if relocation is not None:
+                relocation.subscription_confirmed()
 
-    def _retry_now(self) -> None:
-        self._retry_timer = None
-        retry, self._retry = self._retry, []
-        for link, op in retry:
-            wanted = self._wanted.get(op.name)
-            if link is self._link and wanted is not None and op.name not in self._moving:
-                self._send(op)
-            elif op.done is not wanted:  # a re-subscription that is no longer needed
-                _settle(op.done)
+    def _refused(self, session: _Session, ops: list[Op], error: ResponseError) -> None:
+        if self._relocation is not None and self._relocation.refused(session, ops, error):
+            return
+        for op in ops:
+            if op.done is not None and not op.done.done():
+                op.done.set_exception(error)
+            self._refused_for_good(op, error)
 
     def _refused_for_good(self, op: Op, error: ResponseError) -> None:
-        logger.error("%s refused %s %s: %s", self.server.describe(), op.kind, op.name, error)
+        logger.error("%s refused %s %s: %s", self.endpoint.describe(), op.kind, op.name, error)
         if op.kind == SUBSCRIBE and self._wanted.get(op.name) is op.done:
             del self._wanted[op.name]  # a later subscribe() asks the server again
             self._check_empty()
@@ -645,26 +512,26 @@ class Subscriber:
         if isinstance(error, TRANSIENT_ERRORS):
             self._warnings.warning(
                 "Pub/sub connection to %s failed (%s); reconnecting",
-                self.server.describe(),
+                self.endpoint.describe(),
                 error,
             )
         else:
             logger.error(
                 "Pub/sub connection to %s failed; reconnecting",
-                self.server.describe(),
+                self.endpoint.describe(),
                 exc_info=error,
             )
 
-    async def _drop(self, link: _Link, *, notify: bool) -> None:
-        if self._link is link:
-            self._link = None
+    async def _drop(self, session: _Session, *, notify: bool) -> None:
+        if self._session is session:
+            self._session = None
             self._outbox.clear()
-        if notify and link.subscribed and self._wanted:
-            if not self._link_lost:
-                self._link_lost = True
-                self._stats.disconnected(self)
+        if notify and session.subscribed and self._wanted:
+            if not self._connection_lost:
+                self._connection_lost = True
+                self._hooks.stats.disconnected(self)
             self._down(list(self._wanted), moved=False)
-        await link.connection.disconnect()
+        await session.connection.disconnect()
 
     # --- writer --------------------------------------------------------------------------
 
@@ -672,25 +539,25 @@ class Subscriber:
         while not self._closed:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
-            link = self._link
-            if link is None or not self._outbox or self._closed:
+            session = self._session
+            if session is None or not self._outbox or self._closed:
                 continue
             ops, self._outbox = self._outbox, []
-            await self._write(link, batch(ops, self._slot_of))
+            await self._write(session, batch(ops, self._slot_of))
 
-    async def _write(self, link: _Link, commands: list[Command]) -> None:
+    async def _write(self, session: _Session, commands: list[Command]) -> None:
         # Checked with no await before the write: a dropped connection is never reopened
         # here (valkey-py would reconnect it); the reader owns reconnecting.
-        if link is not self._link or not link.connection.is_connected:
+        if session is not self._session or not session.connection.is_connected:
             return
-        connection = link.connection
+        connection = session.connection
         for command in commands:
-            link.tracker.sent(command)
+            session.tracker.sent(command)
         packed = connection.pack_commands(
             [(self._dialect.command(command.kind), *command.args) for command in commands]
         )
         try:
             await connection.send_packed_command(packed, check_health=False)
         except TRANSIENT_ERRORS as error:
-            logger.debug("Write to %s failed: %s", self.server.describe(), error)
+            logger.debug("Write to %s failed: %s", self.endpoint.describe(), error)
             # the reader sees the failure too, reconnects and re-subscribes

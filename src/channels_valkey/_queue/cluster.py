@@ -12,7 +12,8 @@ it:
 - ``wait_for_replicas``: the script and ``WAIT`` on a connection of their own;
 - ``flush`` scans every primary through valkey-py's client;
 - a reader's blocking connection goes to the node that serves its queue's slot, looked up
-  again after an error (a failover or a slot that moved).
+  again after an error (a failover or a slot that moved); it is made by
+  ``ClusterLanes.connection_to``, as the pub/sub layer's subscriber connections are.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from valkey.asyncio.connection import AbstractConnection
 from valkey.exceptions import MovedError
 
 from channels_valkey._common.cluster_lanes import ClusterLanes
-from channels_valkey._common.cluster_routing import Call, positions_by
-from channels_valkey._common.connections import build_cluster
+from channels_valkey._common.cluster_routing import Call, node_name, positions_by
 from channels_valkey._common.hosts import ClusterHost, Host
 from channels_valkey._common.scripts import Arg, Script
 from channels_valkey.exceptions import ServerUnreachable
@@ -43,7 +43,7 @@ class ClusterShard:
 
     def __init__(self, host: ClusterHost) -> None:
         self.host: Host = host
-        self.lanes = ClusterLanes(build_cluster(host), host.describe())
+        self.lanes = ClusterLanes.for_host(host)
         self.client = self.lanes.client
 
     def __repr__(self) -> str:
@@ -57,10 +57,9 @@ class ClusterShard:
     ) -> list[object]:
         """One call of ``script`` per ``(keys, args)``: one write per primary."""
         slot = self.lanes.slot
-        replies = await self.lanes.run(
+        return await self.lanes.run_raising(
             [Call(slot(keys[0]), script.command(keys, args), script) for keys, args in calls]
         )
-        return [_raised(reply) for reply in replies]
 
     async def send(
         self,
@@ -165,8 +164,7 @@ class ClusterShard:
             Call(slot, ("UNLINK", *(keys[position] for position in positions)))
             for slot, positions in by_slot.items()
         ]
-        for reply in await self.lanes.run(calls):
-            _raised(reply)
+        await self.lanes.run_raising(calls)
 
     async def alive(
         self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
@@ -214,7 +212,7 @@ class ClusterShard:
         flight are not disturbed by it.
         """
         if isinstance(after, MovedError):
-            return self._connection_to(after.host, int(after.port))
+            return self.lanes.connection_to(node_name(after.host, after.port))
         if after is not None:
             await self.lanes.refresh()
         else:
@@ -222,23 +220,10 @@ class ClusterShard:
         node = self.client.get_node_from_key(queue)
         if node is None:
             raise ServerUnreachable(self.host.describe(), LookupError(f"no node serves {queue}"))
-        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
-        return connection
-
-    def _connection_to(self, host: str, port: int) -> AbstractConnection:
-        node = self.client.get_node(host=host, port=port) or self.client.get_default_node()
-        kwargs = {**node.connection_kwargs, "host": host, "port": port}
-        connection: AbstractConnection = node.connection_class(**kwargs)
-        return connection
+        return self.lanes.connection_to(node.name)
 
     def abandon(self) -> None:
         self.lanes.abandon()
 
     async def aclose(self) -> None:
         await self.lanes.aclose()
-
-
-def _raised(reply: object) -> object:
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
