@@ -18,7 +18,7 @@ import pytest
 from channels.exceptions import ChannelFull
 
 from channels_valkey._queue import mailbox
-from channels_valkey._queue import shard as queue_shard
+from channels_valkey._queue import scripts as queue_scripts
 from channels_valkey.core import ValkeyChannelLayer
 from servers import Topology
 
@@ -165,9 +165,9 @@ async def test_group_membership_expires(
 ) -> None:
     layer = make_layer(group_expiry=100)
     real_time = time.time
-    monkeypatch.setattr(queue_shard.time, "time", lambda: real_time() - 101)
+    monkeypatch.setattr(queue_scripts.time, "time", lambda: real_time() - 101)
     await layer.group_add("g", "joined.long.ago")
-    monkeypatch.setattr(queue_shard.time, "time", real_time)
+    monkeypatch.setattr(queue_scripts.time, "time", real_time)
     await layer.group_add("g", "joined.now")
     await layer.group_send("g", {"type": "m"})
     assert await receive(layer, "joined.now") == {"type": "m"}

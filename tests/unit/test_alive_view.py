@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from channels_valkey._queue.liveness import Liveness
-from channels_valkey._queue.shard import AliveReply
+from channels_valkey._queue.scripts import AliveReply
 
 
 def liveness() -> Liveness:

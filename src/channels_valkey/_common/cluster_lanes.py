@@ -54,7 +54,12 @@ from channels_valkey.exceptions import ServerUnreachable
 
 from . import cluster_routing as routing
 from .cluster_routing import Call, Route, Step
-from .connections import REDIRECT_ERRORS, build_cluster, pool_connections
+from .connections import (
+    REDIRECT_ERRORS,
+    abandon_connections,
+    build_cluster,
+    close_connections,
+)
 from .hosts import ClusterHost
 from .lane import Lane
 from .per_loop import release_dead
@@ -177,14 +182,11 @@ class _Node:
 
     async def aclose(self) -> None:
         self.gate.retired = True
-        await self.lane.aclose()
-        await self.pool.disconnect()
+        await close_connections(self.pool, self.lane)
 
     def abandon(self) -> None:
         self.gate.retired = True
-        self.lane.abandon()
-        for connection in pool_connections(self.pool):
-            release_dead(connection)
+        abandon_connections(self.pool, self.lane)
 
 
 async def _read_reply(connection: AbstractConnection) -> object:

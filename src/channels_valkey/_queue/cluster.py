@@ -19,7 +19,6 @@ it:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import cast
@@ -35,7 +34,7 @@ from channels_valkey._common.scripts import Arg, Script
 from channels_valkey.exceptions import ServerUnreachable
 
 from . import scripts
-from .shard import AliveReply, BatchWrite, ReplicaWait, batch_args, parse_alive
+from .shard import ReplicaWait
 
 
 class ClusterShard:
@@ -70,7 +69,7 @@ class ClusterShard:
         payload: bytes,
         wait: ReplicaWait | None = None,
     ) -> bool:
-        args: list[Arg] = [repr(now), expiry, capacity, payload]
+        args = scripts.send_args(now, expiry, capacity, payload)
         if wait is None:
             return bool(await self._script(scripts.SEND, [queue], args))
         return bool(await self._confirmed(scripts.SEND, queue, args, wait))
@@ -93,10 +92,9 @@ class ClusterShard:
         by_slot = positions_by(self.lanes.slot(queue) for queue, _, _ in deliveries)
         calls = []
         for positions in by_slot.values():
-            args: list[Arg] = [repr(now), expiry]
-            for position in positions:
-                args += [deliveries[position][1], deliveries[position][2]]
-            calls.append(([deliveries[position][0] for position in positions], args))
+            slot_deliveries = [deliveries[position] for position in positions]
+            args = scripts.send_many_args(now, expiry, slot_deliveries)
+            calls.append(([queue for queue, _, _ in slot_deliveries], args))
         results = await self._script_calls(scripts.SEND_MANY, calls)
         return [
             positions[int(index) - 1]
@@ -106,7 +104,7 @@ class ClusterShard:
 
     async def send_batch(
         self,
-        writes: Sequence[BatchWrite],
+        writes: Sequence[scripts.BatchWrite],
         scores: Sequence[float],
         shared: Sequence[bytes],
         now: float,
@@ -119,7 +117,7 @@ class ClusterShard:
         calls = []
         for positions in by_slot.values():
             slot_writes = [writes[position] for position in positions]
-            args = batch_args(slot_writes, scores, shared, now, expiry)
+            args = scripts.batch_args(slot_writes, scores, shared, now, expiry)
             calls.append(([queue for queue, _, _ in slot_writes], args))
         if wait is not None:
             if len(writes) != 1:
@@ -135,9 +133,8 @@ class ClusterShard:
         ]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:
-        await self._script(
-            scripts.GROUP_ADD, [group_key], [repr(time.time()), group_expiry, channel]
-        )
+        args = scripts.group_add_args(channel, group_expiry)
+        await self._script(scripts.GROUP_ADD, [group_key], args)
 
     async def group_discard(self, group_key: str, channel: str) -> None:
         await self.lanes.command(group_key, "ZREM", group_key, channel)
@@ -168,15 +165,12 @@ class ClusterShard:
 
     async def alive(
         self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
-    ) -> AliveReply:
-        args: list[Arg] = [process, repr(expiry), keep, known[0], known[1]]
-        return parse_alive(await self._script(scripts.ALIVE, [registry], args))
+    ) -> scripts.AliveReply:
+        args = scripts.alive_args(process, expiry, keep, known)
+        return scripts.parse_alive(await self._script(scripts.ALIVE, [registry], args))
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
-        args: list[Arg] = [expiry]
-        for score, payload in items:
-            args += [repr(score), payload]
-        await self._script(scripts.REQUEUE, [queue], args)
+        await self._script(scripts.REQUEUE, [queue], scripts.requeue_args(expiry, items))
 
     async def wake(self, wake_key: str, tokens: int) -> None:
         await self._script(scripts.WAKE, [wake_key], [tokens])

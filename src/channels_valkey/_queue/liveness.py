@@ -35,7 +35,8 @@ from channels_valkey._common.log import RateLimitedLog
 from channels_valkey.exceptions import ServerUnreachable
 
 from .keys import process_of
-from .shard import AliveReply, QueueServer
+from .scripts import AliveReply
+from .shard import QueueServer
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ pops, connections of its own. Nothing typed ``Any`` leaves this module: callers 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -49,53 +48,6 @@ class ReplicaWait:
             raise NotReplicated(host.describe(), confirmed, self.replicas, self.timeout)
 
 
-@dataclass(frozen=True)
-class AliveReply:
-    """What ``lua/alive.lua`` tells (see there)."""
-
-    #: Seconds since the caller's previous heartbeat; ``None`` if it had none (or only read).
-    silent: float | None
-    #: How many registered processes are dead, and the latest deadline among them: what the
-    #: caller passes back next time, so the ids travel only when they changed.
-    known: tuple[int, str]
-    #: The dead processes' ids; ``None`` when they are those the caller knew.
-    dead: list[str] | None
-
-
-def parse_alive(reply: object) -> AliveReply:
-    silent, count, newest, changed, dead = cast("tuple[bytes, int, bytes, int, list[bytes]]", reply)
-    return AliveReply(
-        float(silent) if silent else None,
-        (int(count), newest.decode("ascii")),
-        [process.decode("utf8") for process in dead] if changed else None,
-    )
-
-
-#: One queue of a batch send: ``(queue, capacity, payloads)``, where ``payloads`` is the
-#: queue's own copy of the messages, or ``None`` for the copies every queue shares.
-BatchWrite = tuple[str, int, Sequence[bytes] | None]
-
-
-def batch_args(
-    writes: Sequence[BatchWrite],
-    scores: Sequence[float],
-    shared: Sequence[bytes],
-    now: float,
-    expiry: int,
-) -> list[Arg]:
-    """The ``send_batch`` script's arguments for ``writes`` (its keys are their queues): the
-    shared payloads travel once, however many queues take them."""
-    args: list[Arg] = [repr(now), expiry, len(scores)]
-    args += [repr(score) for score in scores]
-    args += shared
-    for _, capacity, own in writes:
-        if own is None:
-            args += [capacity, 0]
-        else:
-            args += [capacity, 1, *own]
-    return args
-
-
 class QueueServer(Protocol):
     """What the core layer asks of the servers behind one ``hosts`` entry, on one event loop:
     a :class:`Shard` (one server, or a Sentinel-managed primary) or a ``ClusterShard``."""
@@ -118,7 +70,7 @@ class QueueServer(Protocol):
 
     async def send_batch(
         self,
-        writes: Sequence[BatchWrite],
+        writes: Sequence[scripts.BatchWrite],
         scores: Sequence[float],
         shared: Sequence[bytes],
         now: float,
@@ -144,7 +96,7 @@ class QueueServer(Protocol):
 
     async def alive(
         self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
-    ) -> AliveReply: ...
+    ) -> scripts.AliveReply: ...
 
     async def requeue(
         self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]
@@ -195,7 +147,7 @@ class Shard:
     ) -> bool:
         """Queue ``payload``; ``False`` when the channel is at capacity. With ``wait``, also
         wait (in the same round trip) until that many replicas have the message."""
-        args: list[Arg] = [repr(now), expiry, capacity, payload]
+        args = scripts.send_args(now, expiry, capacity, payload)
         if wait is None:
             return bool(await self._run(scripts.SEND, [queue], args))
         queued = await self._confirmed(scripts.SEND, [queue], args, wait)
@@ -244,22 +196,20 @@ class Shard:
     ) -> list[int]:
         """Queue one payload on each ``(queue, capacity, payload)``; returns the positions of
         those that were full."""
-        args: list[Arg] = [repr(now), expiry]
-        for _, capacity, payload in deliveries:
-            args += [capacity, payload]
+        args = scripts.send_many_args(now, expiry, deliveries)
         full = await self._run(scripts.SEND_MANY, [queue for queue, _, _ in deliveries], args)
         return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def send_batch(
         self,
-        writes: Sequence[BatchWrite],
+        writes: Sequence[scripts.BatchWrite],
         scores: Sequence[float],
         shared: Sequence[bytes],
         now: float,
         expiry: int,
         wait: ReplicaWait | None = None,
     ) -> list[int]:
-        args = batch_args(writes, scores, shared, now, expiry)
+        args = scripts.batch_args(writes, scores, shared, now, expiry)
         keys = [queue for queue, _, _ in writes]
         if wait is None:
             full = await self._run(scripts.SEND_BATCH, keys, args)
@@ -268,22 +218,16 @@ class Shard:
         return [int(index) - 1 for index in cast("list[int]", full)]
 
     async def group_add(self, group_key: str, channel: str, group_expiry: int) -> None:
-        await self._run(scripts.GROUP_ADD, [group_key], [repr(time.time()), group_expiry, channel])
+        await self._run(
+            scripts.GROUP_ADD, [group_key], scripts.group_add_args(channel, group_expiry)
+        )
 
     async def group_discard(self, group_key: str, channel: str) -> None:
-        try:
-            await self.lane.execute_command("ZREM", group_key, channel)
-        except TRANSIENT_ERRORS as error:
-            raise ServerUnreachable(self.host.describe(), error) from error
+        await self._command("ZREM", group_key, channel)
 
     async def group_members(self, group_key: str, joined_after: float) -> list[str]:
         """Members that joined after ``joined_after``; older ones have expired."""
-        try:
-            members = await self.lane.execute_command(
-                "ZRANGEBYSCORE", group_key, f"({joined_after!r}", "+inf"
-            )
-        except TRANSIENT_ERRORS as error:
-            raise ServerUnreachable(self.host.describe(), error) from error
+        members = await self._command("ZRANGEBYSCORE", group_key, f"({joined_after!r}", "+inf")
         return [member.decode("utf8") for member in members]
 
     async def group_count(self, group_key: str, joined_after: float) -> int:
@@ -298,10 +242,10 @@ class Shard:
 
     async def alive(
         self, registry: str, process: str, expiry: float, keep: int, known: tuple[int, str]
-    ) -> AliveReply:
+    ) -> scripts.AliveReply:
         """Heartbeat for ``process`` (unless empty) and read the dead (``lua/alive.lua``)."""
-        args: list[Arg] = [process, repr(expiry), keep, known[0], known[1]]
-        return parse_alive(await self._run(scripts.ALIVE, [registry], args))
+        args = scripts.alive_args(process, expiry, keep, known)
+        return scripts.parse_alive(await self._run(scripts.ALIVE, [registry], args))
 
     async def _command(self, *args: Arg) -> Any:
         try:
@@ -310,10 +254,7 @@ class Shard:
             raise ServerUnreachable(self.host.describe(), error) from error
 
     async def requeue(self, queue: str, expiry: int, items: Sequence[tuple[float, bytes]]) -> None:
-        args: list[Arg] = [expiry]
-        for score, payload in items:
-            args += [repr(score), payload]
-        await self._run(scripts.REQUEUE, [queue], args)
+        await self._run(scripts.REQUEUE, [queue], scripts.requeue_args(expiry, items))
 
     async def wake(self, wake_key: str, tokens: int) -> None:
         """Release readers blocked on ``wake_key`` (see ``_queue.reader``)."""
