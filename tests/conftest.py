@@ -8,6 +8,9 @@ function-scoped fixtures, which give each test its own processes.
 The ``hosts`` fixture is the heart of the behavioural suite: it is
 parametrized over every deployment shape a user can put in
 ``CHANNEL_LAYERS[...]["CONFIG"]["hosts"]``, so one test body covers them all.
+
+The servers themselves are in tests/support; the fixtures that build layers on them are in
+tests/integration/conftest.py (unit tests start no server).
 """
 
 from __future__ import annotations
