@@ -2,8 +2,8 @@
 
 Run with the combination's Python: ``python scripts/matrix_about.py libvalkey|pure``. The
 server is the one the test fixtures start (``CHANNELS_VALKEY_TEST_SERVER``, see
-tests/servers.py). Exits non-zero when valkey-py does not read replies with the parser the
-combination is meant to test, so a combination never passes while testing something else.
+tests/support/servers.py). Exits non-zero when valkey-py does not read replies with the parser
+the combination is meant to test, so a combination never passes while testing something else.
 """
 
 from __future__ import annotations

@@ -8,22 +8,24 @@ function-scoped fixtures, which give each test its own processes.
 The ``hosts`` fixture is the heart of the behavioural suite: it is
 parametrized over every deployment shape a user can put in
 ``CHANNEL_LAYERS[...]["CONFIG"]["hosts"]``, so one test body covers them all.
+
+The servers themselves are in tests/support; the fixtures that build layers on them are in
+tests/integration/conftest.py (unit tests start no server).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
 import pytest
 from valkey._parsers import _AsyncRESP2Parser
 
-from channels_valkey.core import ValkeyChannelLayer
-from cluster import ValkeyClusterGroup
-from servers import SentinelGroup, Topology, ValkeyServer
+from support.cluster import ValkeyClusterGroup
+from support.servers import SentinelGroup, Topology, ValkeyServer
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -34,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Treat SIGTERM like Ctrl-C so fixtures still tear servers down.
 
     A CI timeout or ``kill`` would otherwise end the run without cleanup:
-    the servers still die with the process (see tests/servers.py), but their
+    the servers still die with the process (see tests/support/servers.py), but their
     temporary directories would be left behind.
     """
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -142,7 +144,7 @@ def _build_topology(name: str, request: pytest.FixtureRequest) -> Topology:
         return Topology(name, [server.url], [server])
     if name == "python-parser":
         # valkey-py's pure-Python reply parser, which it uses whenever libvalkey (a dependency,
-        # so the parser of every other topology) cannot be imported.
+        # so the parser of every other topology) cannot be imported. It has no public name.
         server = request.getfixturevalue("valkey_server")
         return Topology(
             name, [{"address": server.url, "parser_class": _AsyncRESP2Parser}], [server]
@@ -222,19 +224,3 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"The tests ran in a random order; to replay it, add --randomly-seed={seed} "
         "to the same command"
     )
-
-
-@pytest.fixture
-async def make_layer(hosts: list[Any]) -> AsyncIterator[Callable[..., ValkeyChannelLayer]]:
-    """Build layers on the current topology; each is flushed and closed afterwards."""
-    layers: list[ValkeyChannelLayer] = []
-
-    def make(**options: Any) -> ValkeyChannelLayer:
-        layer = ValkeyChannelLayer(hosts=hosts, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        await layer.flush()
-        await layer.close()

@@ -3,9 +3,9 @@
 Each node is a ``valkey-server`` with ``cluster-enabled yes``, an explicit ``cluster-port``
 (the default bus port, port + 10000, may be taken or out of range) and a short
 ``cluster-node-timeout``, so a failover completes in about two seconds, as in
-``tests/cluster.py``. The nodes are joined by hand (``CLUSTER ADDSLOTSRANGE``, ``MEET``,
-``REPLICATE``) rather than by ``valkey-cli --cluster create``, which refuses fewer than three
-primaries: the benchmark compares a one-primary cluster with a three-primary one.
+``tests/support/cluster.py``. The nodes are joined by hand (``CLUSTER ADDSLOTSRANGE``,
+``MEET``, ``REPLICATE``) rather than by ``valkey-cli --cluster create``, which refuses fewer
+than three primaries: the benchmark compares a one-primary cluster with a three-primary one.
 
 Primary ``i`` of ``n`` serves the slots ``s`` with ``s * n // 16384 == i``
 (:func:`primary_of_slot`), so the benchmark can choose channel names whose queues spread evenly

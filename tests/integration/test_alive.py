@@ -24,7 +24,7 @@ from channels_redis.core import RedisChannelLayer
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import ConfigurationError
-from servers import Topology, ValkeyServer
+from support.servers import Topology, ValkeyServer
 
 MEMBER = Path(__file__).parent.parent / "peers" / "member.py"
 

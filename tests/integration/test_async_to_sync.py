@@ -15,7 +15,7 @@ from channels.exceptions import ChannelFull
 from channels_valkey._common.background import background
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 LAYERS = {"core": ValkeyChannelLayer, "pubsub": ValkeyPubSubChannelLayer}
 

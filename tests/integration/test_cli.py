@@ -16,27 +16,12 @@ from typing import Any
 
 import pytest
 
-from channels_valkey._cli.main import main
-from channels_valkey.core import ValkeyChannelLayer
-from servers import SERVER_KIND, SentinelGroup, Topology, ValkeyServer, free_port
+from support.cli import fill, hosts_args, run_cli
+from support.servers import SERVER_KIND, SentinelGroup, Topology, ValkeyServer, free_port
 
 #: Nodes ``check`` reports per topology: a Sentinel entry is its Sentinel and the primary;
 #: a cluster is its three primaries and three replicas.
 NODES = {"standalone": 1, "sharded": 3, "unix": 1, "tls": 1, "sentinel": 2, "cluster": 6}
-
-
-def hosts_args(hosts: list[Any]) -> list[str]:
-    """``--hosts`` options for a ``hosts`` list: URLs as they are, other entries as JSON."""
-    args: list[str] = []
-    for entry in hosts:
-        args += ["--hosts", entry if isinstance(entry, str) else json.dumps(entry)]
-    return args
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -289,24 +274,6 @@ def test_check_a_replica_as_a_plain_host_is_a_problem(
 
 
 # --- inspect --------------------------------------------------------------------------------
-
-
-async def fill(hosts: list[Any]) -> str:
-    """Messages on a normal channel and two local channels of one process, and two groups;
-    returns the process's queue name (``specific.<id>!``)."""
-    layer = ValkeyChannelLayer(hosts=hosts)
-    try:
-        for number in range(3):
-            await layer.send("chat.room", {"type": "chat", "n": number})
-        first, second = await layer.new_channel(), await layer.new_channel()
-        await layer.send(first, {"type": "hello"})
-        await layer.send(second, {"type": "hello"})
-        await layer.group_add("room", first)
-        await layer.group_add("room", second)
-        await layer.group_add("lobby", "chat.room")
-    finally:
-        await layer.close()
-    return first[: first.index("!") + 1]
 
 
 @every_deployment

@@ -15,21 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import fill, hosts_args
 
-from channels_valkey._cli.main import main
 from channels_valkey._cli.table import plural
 from channels_valkey.core import ValkeyChannelLayer
-from servers import Topology, ValkeyServer, free_port
+from support.cli import fill, hosts_args, run_cli
+from support.servers import Topology, ValkeyServer, free_port
 
 #: How long the terminal may take to show what the test waits for.
 BOUND = 30.0
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def cells(out: str, name: str) -> list[str]:

@@ -25,7 +25,7 @@ import pytest
 from channels_valkey._common.per_loop import quiet
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 LAYERS = {"core": ValkeyChannelLayer, "pubsub": ValkeyPubSubChannelLayer}
 

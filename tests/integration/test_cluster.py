@@ -16,8 +16,8 @@ import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import NotReplicated, ServerUnreachable
-from cluster import ValkeyClusterGroup
-from servers import ValkeyServer
+from support.cluster import ValkeyClusterGroup
+from support.servers import ValkeyServer
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +69,9 @@ class Traffic:
         await self._tasks[0]
         acknowledged = set(self.acknowledged)
         with contextlib.suppress(asyncio.TimeoutError):
-            async with asyncio.timeout(10), self._arrived:
-                await self._arrived.wait_for(lambda: acknowledged <= set(self.received))
+            async with self._arrived:
+                arrived = self._arrived.wait_for(lambda: acknowledged <= set(self.received))
+                await asyncio.wait_for(arrived, 10)
         self._tasks[1].cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._tasks[1]

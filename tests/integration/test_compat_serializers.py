@@ -19,8 +19,8 @@ from cryptography.fernet import Fernet
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.serializers import registry
-from compat_serializer import OwnCryptoJSON
-from servers import ValkeyServer
+from support.compat_serializer import OwnCryptoJSON
+from support.servers import ValkeyServer
 
 RECEIVE_TIMEOUT = 10
 KEYS = {"plain": None, "encrypted": ["secret"]}
@@ -39,7 +39,7 @@ def fernet_for(key: str) -> Fernet:
 
 
 async def receive(layer: Any, channel: str) -> dict[str, Any]:
-    return await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)  # type: ignore[no-any-return]
+    return await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
 
 
 @pytest.mark.parametrize("keys", KEYS.values(), ids=KEYS.keys())

@@ -17,10 +17,8 @@ from typing import Any
 import pytest
 from channels.exceptions import ChannelFull
 
-from channels_valkey._queue import mailbox
-from channels_valkey._queue import scripts as queue_scripts
 from channels_valkey.core import ValkeyChannelLayer
-from servers import Topology
+from support.servers import Topology
 
 RECEIVE_TIMEOUT = 5
 
@@ -155,7 +153,7 @@ async def test_expired_messages_are_never_delivered(
     await owner.send(idle, {"type": "buffered"})
     await owner.send(waiting, {"type": "wake"})
     assert await receive(owner, waiting) == {"type": "wake"}  # the batch buffered `idle`'s
-    monkeypatch.setattr(mailbox.time, "time", lambda: real_time() + 61)
+    monkeypatch.setattr("channels_valkey._queue.mailbox.time.time", lambda: real_time() + 61)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(owner.receive(idle), 0.3)
 
@@ -165,9 +163,9 @@ async def test_group_membership_expires(
 ) -> None:
     layer = make_layer(group_expiry=100)
     real_time = time.time
-    monkeypatch.setattr(queue_scripts.time, "time", lambda: real_time() - 101)
+    monkeypatch.setattr("channels_valkey._queue.scripts.time.time", lambda: real_time() - 101)
     await layer.group_add("g", "joined.long.ago")
-    monkeypatch.setattr(queue_scripts.time, "time", real_time)
+    monkeypatch.setattr("channels_valkey._queue.scripts.time.time", real_time)
     await layer.group_add("g", "joined.now")
     await layer.group_send("g", {"type": "m"})
     assert await receive(layer, "joined.now") == {"type": "m"}

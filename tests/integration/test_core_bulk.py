@@ -17,7 +17,7 @@ from channels.exceptions import ChannelFull
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import MessageTooLarge, NotReplicated
-from servers import Topology, ValkeyServer
+from support.servers import Topology, ValkeyServer
 
 RECEIVE_TIMEOUT = 5
 #: How long to watch for a message that must not come; everything it could be was queued

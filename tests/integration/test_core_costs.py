@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 #: Commands sent by a client itself; everything else in commandstats ran inside a script.
 TOP_LEVEL = {"evalsha", "bzmpop", "zrangebyscore", "zcount", "zrem", "scan", "unlink"}

@@ -18,7 +18,7 @@ from channels.exceptions import ChannelFull
 
 from channels_valkey._queue.mailbox import STALLED_AFTER
 from channels_valkey.core import ValkeyChannelLayer
-from servers import ValkeyServer, wait_for
+from support.servers import ValkeyServer, wait_for
 
 KEY = "QXh1UTFGQm9oV0hINXQ2N0RKWkRTT0lOUW9nN2xUZkQ="
 

@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from channels_valkey.core import ValkeyChannelLayer
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 
 def client_count(server: ValkeyServer) -> int:

@@ -14,7 +14,7 @@ from channels_valkey._common import retry
 from channels_valkey._queue.shard import Shard
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import NotReplicated, ServerUnreachable
-from servers import SentinelGroup, ValkeyServer, wait_for
+from support.servers import SentinelGroup, ValkeyServer, wait_for
 
 RECEIVE_TIMEOUT = 10
 
@@ -31,7 +31,7 @@ async def readers_blocked(server: ValkeyServer, count: int) -> None:
 
     def blocked() -> bool:
         clients = server.client().client_list()
-        return sum(client["cmd"] == "bzmpop" for client in clients) >= count
+        return sum(1 for client in clients if client["cmd"] == "bzmpop") >= count
 
     await asyncio.to_thread(wait_for, blocked, timeout=5, describe="readers to block")
 
@@ -230,7 +230,9 @@ async def test_connections_keep_alive_by_default(valkey_server: ValkeyServer) ->
     for layer in layers:
         await layer.send("keepalive", {"type": "m"})
         shard = layer._loops.current().shards[0]
+        assert isinstance(shard, Shard)  # one server: no Sentinel or cluster in between
         (connection,) = shard.lane.connections()
+        assert connection._writer is not None  # connected: the send went through it
         sock = connection._writer.transport.get_extra_info("socket")
         seen.append(bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)))
         await layer.flush()

@@ -10,11 +10,10 @@ import pytest
 from channels.exceptions import ChannelFull
 from prometheus_client import CollectorRegistry, generate_latest
 
-from channels_valkey._queue import mailbox
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.prometheus import register
 from channels_valkey.stats import LayerStats
-from servers import ValkeyServer, wait_for
+from support.servers import ValkeyServer, wait_for
 
 
 @pytest.fixture
@@ -61,7 +60,7 @@ async def test_buffer_drops_and_expired_messages_are_counted(
     await asyncio.wait_for(layer.receive(busy), 5)  # slow's buffer holds 2: the third drops
     assert layer.stats().dropped_from_buffers == 1
     real_time = time.time
-    monkeypatch.setattr(mailbox.time, "time", lambda: real_time() + 3600)
+    monkeypatch.setattr("channels_valkey._queue.mailbox.time.time", lambda: real_time() + 3600)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive(slow), 0.2)
     assert layer.stats().expired == 2

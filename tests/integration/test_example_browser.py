@@ -47,7 +47,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 pytestmark = pytest.mark.slow
 

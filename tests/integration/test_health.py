@@ -13,8 +13,8 @@ import pytest
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import ServerUnreachable
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from proxy import SilencingProxy, accept_and_close
-from servers import Topology, ValkeyServer
+from support.proxy import SilencingProxy, accept_and_close
+from support.servers import Topology, ValkeyServer
 
 #: Short enough for a test to wait out; the default is 30 seconds.
 INTERVAL = 0.2

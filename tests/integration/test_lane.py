@@ -7,7 +7,7 @@ import asyncio
 from channels_valkey._common.connections import build_pool
 from channels_valkey._common.hosts import parse_hosts
 from channels_valkey._common.lane import Lane
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 
 def lane_for(server: ValkeyServer) -> Lane:

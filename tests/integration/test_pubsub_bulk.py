@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import test_pubsub
-from test_pubsub import OpenLayer, every_topology, nothing_for, receive
 
 from channels_valkey.exceptions import MessageTooLarge
-from servers import ValkeyServer
-
-open_layer = test_pubsub.open_layer  # the fixture, shared
+from support.pubsub import OpenLayer, every_topology, nothing_for, receive
+from support.servers import ValkeyServer
 
 
 def publishes(servers: list[ValkeyServer]) -> int:

@@ -18,12 +18,9 @@ import logging
 from typing import Any
 
 import pytest
-import test_pubsub
-from test_pubsub import PUBSUB_TOPOLOGIES, OpenLayer, nothing_for, receive
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-
-open_layer = test_pubsub.open_layer  # the fixture, shared
+from support.pubsub import PUBSUB_TOPOLOGIES, OpenLayer, nothing_for, receive
 
 #: Messages in one burst, and local members of the room receiving it.
 BURST = 500

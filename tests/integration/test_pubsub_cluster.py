@@ -19,8 +19,12 @@ import contextlib
 from typing import Any
 
 import pytest
-import test_pubsub
-from test_pubsub import (
+from valkey.crc import key_slot
+
+from channels_valkey.exceptions import ServerUnreachable
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from support.cluster import ValkeyClusterGroup
+from support.pubsub import (
     RECEIVE_TIMEOUT,
     OpenLayer,
     loop_layer,
@@ -28,14 +32,7 @@ from test_pubsub import (
     numsub,
     receive,
 )
-from valkey.crc import key_slot
-
-from channels_valkey.exceptions import ServerUnreachable
-from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from cluster import ValkeyClusterGroup
-from servers import ValkeyServer, wait_for
-
-open_layer = test_pubsub.open_layer  # the fixture, shared
+from support.servers import ValkeyServer, wait_for
 
 HOOKS = {"on_disconnect": "valkey.disconnect", "on_reconnect": "valkey.reconnect"}
 DISCONNECT = {"type": "valkey.disconnect"}

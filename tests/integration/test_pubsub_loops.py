@@ -13,11 +13,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync, sync_to_async
-from test_pubsub import receive, subscribed_names, until_subscribed
 
 from channels_valkey._common.background import background
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import ValkeyServer, wait_for
+from support.pubsub import receive, subscribed_names, until_subscribed
+from support.servers import ValkeyServer, wait_for
 
 
 def client_count(server: ValkeyServer) -> int:

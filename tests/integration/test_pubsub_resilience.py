@@ -16,11 +16,17 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import test_pubsub
 from asgiref.testing import ApplicationCommunicator
 from channels.consumer import AsyncConsumer
 from channels.layers import channel_layers
-from test_pubsub import (
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
+from valkey.exceptions import ResponseError
+
+from channels_valkey._common import retry
+from channels_valkey._pubsub import subscriber
+from channels_valkey.exceptions import ServerUnreachable
+from support.pubsub import (
     RECEIVE_TIMEOUT,
     OpenLayer,
     every_topology,
@@ -31,16 +37,7 @@ from test_pubsub import (
     receive,
     until_subscribed,
 )
-from valkey.asyncio.retry import Retry
-from valkey.backoff import NoBackoff
-from valkey.exceptions import ResponseError
-
-from channels_valkey._common import retry
-from channels_valkey._pubsub import subscriber
-from channels_valkey.exceptions import ServerUnreachable
-from servers import SentinelGroup, ValkeyServer, free_port
-
-open_layer = test_pubsub.open_layer  # the fixture, shared
+from support.servers import SentinelGroup, ValkeyServer, free_port
 
 HOOKS = {"on_disconnect": "valkey.disconnect", "on_reconnect": "valkey.reconnect"}
 DISCONNECT = {"type": "valkey.disconnect"}
@@ -162,7 +159,10 @@ async def test_a_consumers_disconnect_and_reconnect_handlers_run(
     monkeypatch.setattr("channels.consumer.aclose_old_connections", no_database)
     layer = open_layer([valkey_server.url], **HOOKS)
     monkeypatch.setitem(channel_layers.backends, Watcher.channel_layer_alias, layer)
-    communicator = ApplicationCommunicator(Watcher.as_asgi(), {"type": "test"})
+    # asgiref declares no types on ApplicationCommunicator's methods.
+    communicator: Any = ApplicationCommunicator(  # type: ignore[no-untyped-call]
+        Watcher.as_asgi(), {"type": "test"}
+    )
     await communicator.send_input({"type": "join"})
     assert await communicator.receive_output(RECEIVE_TIMEOUT) == {"type": "joined"}
     kill_layer_connections(valkey_server)

@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import re
 
-import test_pubsub
 from prometheus_client import CollectorRegistry, generate_latest
-from test_pubsub import OpenLayer, eventually, receive
 
 from channels_valkey.prometheus import register
 from channels_valkey.stats import LayerStats
-from servers import ValkeyServer
-
-open_layer = test_pubsub.open_layer  # the fixture, shared
+from support.pubsub import OpenLayer, eventually, receive
+from support.servers import ValkeyServer
 
 HOOKS = {"on_disconnect": "valkey.disconnect", "on_reconnect": "valkey.reconnect"}
 

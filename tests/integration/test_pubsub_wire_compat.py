@@ -13,23 +13,19 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any, TypeAlias
 
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from test_pubsub import receive, until_subscribed
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import ValkeyServer
+from support.pubsub import receive, until_subscribed
+from support.servers import ValkeyServer
+from support.wire_compat import DIRECTIONS, Side, redis_urls
 
-Side = Literal["ours", "theirs"]
-Layer = ValkeyPubSubChannelLayer | RedisPubSubChannelLayer
+Layer: TypeAlias = ValkeyPubSubChannelLayer | RedisPubSubChannelLayer
 OpenLayer = Callable[..., Layer]
 
-DIRECTIONS = [
-    pytest.param(("ours", "theirs"), id="ours-to-theirs"),
-    pytest.param(("theirs", "ours"), id="theirs-to-ours"),
-]
 SERIALIZERS = [
     pytest.param({}, id="msgpack"),
     pytest.param({"serializer_format": "json"}, id="json"),
@@ -42,11 +38,6 @@ SERIALIZERS = [
 MESSAGE = {"type": "chat.message", "text": "héllo ✓", "n": 42, "nested": {"a": [1, 2]}}
 
 
-def redis_urls(servers: list[ValkeyServer]) -> list[str]:
-    """One ``hosts`` list both packages accept (redis-py knows no ``valkey://`` scheme)."""
-    return [f"redis://{server.host}:{server.port}" for server in servers]
-
-
 @pytest.fixture(params=["one-server", "three-shards"])
 def servers(
     request: pytest.FixtureRequest, valkey_server: ValkeyServer, valkey_shards: list[ValkeyServer]
@@ -55,7 +46,7 @@ def servers(
 
 
 @pytest.fixture
-async def open_layer(servers: list[ValkeyServer]) -> AsyncIterator[OpenLayer]:
+async def open_compat_pubsub_layer(servers: list[ValkeyServer]) -> AsyncIterator[OpenLayer]:
     """Build a layer of either package on ``servers``; all are closed after the test."""
     opened: list[Layer] = []
 
@@ -78,12 +69,15 @@ async def open_layer(servers: list[ValkeyServer]) -> AsyncIterator[OpenLayer]:
 @pytest.mark.parametrize("options", SERIALIZERS)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_send_to_a_new_channel(
-    open_layer: OpenLayer,
+    open_compat_pubsub_layer: OpenLayer,
     servers: list[ValkeyServer],
     direction: tuple[Side, Side],
     options: dict[str, Any],
 ) -> None:
-    sender, receiver = open_layer(direction[0], **options), open_layer(direction[1], **options)
+    sender, receiver = (
+        open_compat_pubsub_layer(direction[0], **options),
+        open_compat_pubsub_layer(direction[1], **options),
+    )
     channel = await receiver.new_channel()
     assert re.fullmatch(r"asgispecific\.[0-9a-f]{32}", channel)
     # Ours returns once subscribed; theirs returns once SUBSCRIBE is written.
@@ -95,12 +89,15 @@ async def test_send_to_a_new_channel(
 @pytest.mark.parametrize("options", SERIALIZERS)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_group_send(
-    open_layer: OpenLayer,
+    open_compat_pubsub_layer: OpenLayer,
     servers: list[ValkeyServer],
     direction: tuple[Side, Side],
     options: dict[str, Any],
 ) -> None:
-    sender, receiver = open_layer(direction[0], **options), open_layer(direction[1], **options)
+    sender, receiver = (
+        open_compat_pubsub_layer(direction[0], **options),
+        open_compat_pubsub_layer(direction[1], **options),
+    )
     members = [await receiver.new_channel() for _ in range(3)]
     for channel in members:
         await receiver.group_add("room", channel)
@@ -112,9 +109,12 @@ async def test_group_send(
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_normal_channel(
-    open_layer: OpenLayer, servers: list[ValkeyServer], direction: tuple[Side, Side]
+    open_compat_pubsub_layer: OpenLayer, servers: list[ValkeyServer], direction: tuple[Side, Side]
 ) -> None:
-    sender, receiver = open_layer(direction[0]), open_layer(direction[1])
+    sender, receiver = (
+        open_compat_pubsub_layer(direction[0]),
+        open_compat_pubsub_layer(direction[1]),
+    )
     waiting = asyncio.create_task(receive(receiver, "jobs"))
     await until_subscribed(servers, "jobs", 1)
     await sender.send("jobs", MESSAGE)
@@ -122,10 +122,10 @@ async def test_normal_channel(
 
 
 async def test_both_packages_in_one_group(
-    open_layer: OpenLayer, servers: list[ValkeyServer]
+    open_compat_pubsub_layer: OpenLayer, servers: list[ValkeyServer]
 ) -> None:
     """A group with members in processes of both kinds gets one group_send from either."""
-    ours, theirs = open_layer("ours"), open_layer("theirs")
+    ours, theirs = open_compat_pubsub_layer("ours"), open_compat_pubsub_layer("theirs")
     our_member, their_member = await ours.new_channel(), await theirs.new_channel()
     await ours.group_add("mixed", our_member)
     await theirs.group_add("mixed", their_member)
@@ -137,10 +137,10 @@ async def test_both_packages_in_one_group(
 
 
 async def test_group_size_counts_a_channels_redis_process(
-    open_layer: OpenLayer, servers: list[ValkeyServer]
+    open_compat_pubsub_layer: OpenLayer, servers: list[ValkeyServer]
 ) -> None:
     """A channels_redis process with members in the group counts as one subscriber."""
-    ours, theirs = open_layer("ours"), open_layer("theirs")
+    ours, theirs = open_compat_pubsub_layer("ours"), open_compat_pubsub_layer("theirs")
     our_member = await ours.new_channel()
     await ours.group_add("mixed", our_member)
     for _ in range(2):

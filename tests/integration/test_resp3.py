@@ -18,7 +18,7 @@ import pytest
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import ConfigurationError
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from servers import Topology, ValkeyServer
+from support.servers import Topology, ValkeyServer
 
 RECEIVE_TIMEOUT = 5
 

@@ -17,7 +17,7 @@ import valkey.asyncio
 import valkey.asyncio.cluster
 import valkey.asyncio.sentinel
 
-from servers import SentinelGroup, Topology, ValkeyServer
+from support.servers import SentinelGroup, Topology, ValkeyServer
 
 
 @asynccontextmanager
@@ -40,7 +40,7 @@ async def async_client_for(entry: Any) -> AsyncIterator[Any]:
             await cluster.aclose()
         return
     if isinstance(entry, dict) and "sentinels" in entry:
-        sentinel = valkey.asyncio.sentinel.Sentinel(
+        sentinel = valkey.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             entry["sentinels"], sentinel_kwargs=entry.get("sentinel_kwargs")
         )
         client = sentinel.master_for(entry["master_name"])
@@ -53,11 +53,11 @@ async def async_client_for(entry: Any) -> AsyncIterator[Any]:
         return
     if isinstance(entry, dict):
         kwargs = dict(entry)
-        client = valkey.asyncio.from_url(kwargs.pop("address"), **kwargs)
+        client = valkey.asyncio.from_url(kwargs.pop("address"), **kwargs)  # type: ignore[no-untyped-call]
     elif isinstance(entry, tuple):
         client = valkey.asyncio.Valkey(host=entry[0], port=entry[1])
     else:
-        client = valkey.asyncio.from_url(entry)
+        client = valkey.asyncio.from_url(entry)  # type: ignore[no-untyped-call]
     try:
         yield client
     finally:
@@ -116,7 +116,7 @@ async def test_shards_are_separate_servers(valkey_shards: list[ValkeyServer]) ->
 
 async def test_standalone_url(valkey_server: ValkeyServer) -> None:
     assert valkey_server.url == f"valkey://127.0.0.1:{valkey_server.port}"
-    client = valkey.asyncio.from_url(valkey_server.url)
+    client = valkey.asyncio.from_url(valkey_server.url)  # type: ignore[no-untyped-call]
     try:
         assert await client.ping() is True
     finally:
@@ -137,7 +137,7 @@ async def test_unix_socket_server_has_no_tcp_port(valkey_unix: ValkeyServer) -> 
 
 async def test_tls_with_client_certificate(valkey_tls: ValkeyServer) -> None:
     assert valkey_tls.tls is not None
-    client = valkey.asyncio.from_url(valkey_tls.tls_url, **valkey_tls.ssl_kwargs())
+    client = valkey.asyncio.from_url(valkey_tls.tls_url, **valkey_tls.ssl_kwargs())  # type: ignore[no-untyped-call]
     try:
         assert await client.ping() is True
     finally:
@@ -145,7 +145,7 @@ async def test_tls_with_client_certificate(valkey_tls: ValkeyServer) -> None:
 
 
 async def test_tls_rejects_missing_client_certificate(valkey_tls: ValkeyServer) -> None:
-    client = valkey.asyncio.from_url(valkey_tls.tls_url, **valkey_tls.ssl_kwargs(client_cert=False))
+    client = valkey.asyncio.from_url(valkey_tls.tls_url, **valkey_tls.ssl_kwargs(client_cert=False))  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(valkey.ConnectionError):
             await client.ping()
@@ -156,7 +156,7 @@ async def test_tls_rejects_missing_client_certificate(valkey_tls: ValkeyServer) 
 async def test_tls_rejects_unknown_ca(valkey_tls: ValkeyServer) -> None:
     kwargs = valkey_tls.ssl_kwargs()
     del kwargs["ssl_ca_certs"]  # fall back to the system store: our CA is unknown there
-    client = valkey.asyncio.from_url(valkey_tls.tls_url, **kwargs)
+    client = valkey.asyncio.from_url(valkey_tls.tls_url, **kwargs)  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(valkey.ConnectionError) as excinfo:
             await client.ping()
@@ -171,7 +171,7 @@ async def test_sentinel_finds_primary(valkey_sentinel: SentinelGroup) -> None:
     primary = valkey_sentinel.primary
     assert primary.role() == "master"
     assert valkey_sentinel.replica.role() == "slave"
-    sentinel = valkey.asyncio.sentinel.Sentinel(valkey_sentinel.sentinels, sentinel_kwargs={})
+    sentinel = valkey.asyncio.sentinel.Sentinel(valkey_sentinel.sentinels, sentinel_kwargs={})  # type: ignore[no-untyped-call]
     client = sentinel.master_for("mymaster")
     try:
         assert await sentinel.discover_master("mymaster") == primary.address
@@ -239,7 +239,7 @@ async def test_failover_promotes_replica(sentinel_failover_group: SentinelGroup)
     assert replica.client().get("before-failover") == b"kept"
 
     # Clients that go through Sentinel now land on the promoted replica.
-    sentinel = valkey.asyncio.sentinel.Sentinel(group.sentinels, sentinel_kwargs={})
+    sentinel = valkey.asyncio.sentinel.Sentinel(group.sentinels, sentinel_kwargs={})  # type: ignore[no-untyped-call]
     client = sentinel.master_for("mymaster")
     try:
         assert await sentinel.discover_master("mymaster") == replica.address

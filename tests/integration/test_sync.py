@@ -25,7 +25,7 @@ from channels_valkey import sync
 from channels_valkey._common import retry
 from channels_valkey._common.background import background
 from channels_valkey.exceptions import ServerUnreachable
-from servers import ValkeyServer
+from support.servers import ValkeyServer
 
 BACKENDS = {
     "core": "channels_valkey.core.ValkeyChannelLayer",

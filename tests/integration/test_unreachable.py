@@ -33,8 +33,8 @@ from channels_valkey._common import retry
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.exceptions import ServerUnreachable
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from proxy import accept_and_close
-from servers import ValkeyServer
+from support.proxy import accept_and_close
+from support.servers import ValkeyServer
 
 pytestmark = pytest.mark.slow
 

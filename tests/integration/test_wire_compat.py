@@ -15,44 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from cryptography.fernet import InvalidToken
 
-from channels_valkey.core import ValkeyChannelLayer
-from servers import ValkeyServer
-
-Side = Literal["ours", "theirs"]
-Layer = ValkeyChannelLayer | RedisChannelLayer
-OpenLayer = Callable[..., Layer]
-
-#: How long any one expected message may take.
-RECEIVE_TIMEOUT = 5.0
-#: How long to watch for a message that must not come. Every message it could be was written
-#: before the wait starts, so this only has to cover reading it back.
-SILENCE_TIMEOUT = 0.5
-
-#: ``(sender, receiver)``: the side that writes and the side that reads.
-DIRECTIONS = [
-    pytest.param(("ours", "theirs"), id="ours-to-theirs"),
-    pytest.param(("theirs", "ours"), id="theirs-to-ours"),
-]
-SIDES = [pytest.param("ours", id="ours"), pytest.param("theirs", id="theirs")]
-
-
-def redis_urls(servers: list[ValkeyServer]) -> list[str]:
-    """One ``hosts`` list both packages accept (redis-py knows no ``valkey://`` scheme)."""
-    return [f"redis://{server.host}:{server.port}" for server in servers]
-
-
-@pytest.fixture
-def standalone(valkey_server: ValkeyServer) -> list[ValkeyServer]:
-    valkey_server.flushall()
-    return [valkey_server]
+from support.servers import ValkeyServer
+from support.wire_compat import (
+    DIRECTIONS,
+    RECEIVE_TIMEOUT,
+    SIDES,
+    SILENCE_TIMEOUT,
+    Layer,
+    OpenLayer,
+    Side,
+    assert_nothing_for,
+    keys_of,
+    payload,
+    receive,
+    receive_many,
+)
 
 
 @pytest.fixture
@@ -62,73 +46,14 @@ def shards(valkey_shards: list[ValkeyServer]) -> list[ValkeyServer]:
     return valkey_shards
 
 
-@pytest.fixture
-async def open_layer() -> AsyncIterator[OpenLayer]:
-    """Build a layer of either package; every layer built is closed after the test."""
-    opened: list[Layer] = []
-
-    def open_(side: Side, servers: list[ValkeyServer], **options: Any) -> Layer:
-        hosts = redis_urls(servers)
-        layer: Layer
-        if side == "ours":
-            layer = ValkeyChannelLayer(hosts=hosts, **options)
-        else:
-            layer = RedisChannelLayer(hosts=hosts, **options)
-        opened.append(layer)
-        return layer
-
-    yield open_
-    for layer in opened:
-        if isinstance(layer, ValkeyChannelLayer):
-            await layer.close()
-        else:
-            await layer.close_pools()
-
-
-async def receive(layer: Layer, channel: str) -> dict[str, Any]:
-    try:
-        return await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
-    except asyncio.TimeoutError:
-        kind = type(layer).__name__
-        pytest.fail(f"{kind} received nothing on {channel!r} within {RECEIVE_TIMEOUT} s")
-
-
-async def receive_many(layer: Layer, channel: str, count: int) -> list[dict[str, Any]]:
-    return [await receive(layer, channel) for _ in range(count)]
-
-
-async def assert_nothing_for(layer: Layer, channel: str) -> None:
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(layer.receive(channel), SILENCE_TIMEOUT)
-
-
-def keys_of(servers: list[ValkeyServer], prefix: str = "asgi") -> list[bytes]:
-    return sorted(key for server in servers for key in server.client().keys(f"{prefix}*"))
-
-
-def payload(n: int) -> dict[str, Any]:
-    """A message using every type msgpack carries (tuples would come back as lists)."""
-    return {
-        "type": "wire.test",
-        "n": n,
-        "text": "héllo ✓ 日本",
-        "bytes": b"\x00\xff binary",
-        "float": 1.5,
-        "big": 2**62,
-        "negative": -7,
-        "flags": [True, False, None],
-        "nested": {"list": [1, "two", {"three": 3}], "empty": {}},
-    }
-
-
 # --- 1. normal channels ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_normal_channel_keeps_fifo_order(
-    direction: tuple[Side, Side], open_layer: OpenLayer, standalone: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    sender, receiver = (open_layer(side, standalone) for side in direction)
+    sender, receiver = (open_compat_layer(side, standalone) for side in direction)
     sent = [payload(n) for n in range(6)]
     for message in sent:
         await sender.send("wire.normal", message)
@@ -136,10 +61,10 @@ async def test_normal_channel_keeps_fifo_order(
 
 
 async def test_both_sides_consume_one_normal_channel(
-    open_layer: OpenLayer, standalone: list[ValkeyServer]
+    open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
     """Workers of both packages reading one channel: each message reaches exactly one."""
-    layers = [open_layer(side, standalone) for side in ("ours", "theirs")]
+    layers = [open_compat_layer(side, standalone) for side in ("ours", "theirs")]
     count = 40
     got: list[int] = []
     all_in = asyncio.Event()
@@ -168,9 +93,9 @@ async def test_both_sides_consume_one_normal_channel(
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_process_local_channels(
-    direction: tuple[Side, Side], open_layer: OpenLayer, standalone: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    sender, receiver = (open_layer(side, standalone) for side in direction)
+    sender, receiver = (open_compat_layer(side, standalone) for side in direction)
     first = await receiver.new_channel()
     second = await receiver.new_channel("reply")
     # Interleaved, so each channel's messages share the process queue with the other's.
@@ -190,9 +115,9 @@ async def test_process_local_channels(
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_group_add_on_one_side_group_send_and_discard_on_the_other(
-    direction: tuple[Side, Side], open_layer: OpenLayer, standalone: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    sender, member = (open_layer(side, standalone) for side in direction)
+    sender, member = (open_compat_layer(side, standalone) for side in direction)
     local_a = await member.new_channel()
     local_b = await member.new_channel()
     normal = "wire.group.normal"
@@ -222,9 +147,10 @@ async def test_group_add_on_one_side_group_send_and_discard_on_the_other(
 
 @pytest.mark.parametrize("sender_side", SIDES)
 async def test_group_with_members_in_both_processes(
-    sender_side: Side, open_layer: OpenLayer, standalone: list[ValkeyServer]
+    sender_side: Side, open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    layers = {side: open_layer(side, standalone) for side in ("ours", "theirs")}
+    sides: tuple[Side, ...] = ("ours", "theirs")
+    layers = {side: open_compat_layer(side, standalone) for side in sides}
     members: dict[Side, list[str]] = {}
     for side, layer in layers.items():
         members[side] = [
@@ -266,12 +192,12 @@ async def test_serializer_options(
     direction: tuple[Side, Side],
     options: dict[str, Any],
     receiver_options: dict[str, Any],
-    open_layer: OpenLayer,
+    open_compat_layer: OpenLayer,
     standalone: list[ValkeyServer],
 ) -> None:
     sender_side, receiver_side = direction
-    sender = open_layer(sender_side, standalone, **options)
-    receiver = open_layer(receiver_side, standalone, **{**options, **receiver_options})
+    sender = open_compat_layer(sender_side, standalone, **options)
+    receiver = open_compat_layer(receiver_side, standalone, **{**options, **receiver_options})
     message: dict[str, Any] = {"type": "secret", "text": "ünïcode", "list": [1, 2.5, None]}
     if options.get("serializer_format") != "json":
         message["bytes"] = b"\x00\x01"
@@ -287,13 +213,13 @@ async def test_serializer_options(
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_rotated_out_key_is_not_readable(
-    direction: tuple[Side, Side], open_layer: OpenLayer, standalone: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
     """The other half of rotation: once a receiver drops a key, it cannot read that key's
     messages (both packages drop such a message on receive, so the receiver sees nothing)."""
     sender_side, receiver_side = direction
-    sender = open_layer(sender_side, standalone, symmetric_encryption_keys=[OLD_KEY])
-    receiver = open_layer(receiver_side, standalone, symmetric_encryption_keys=[NEW_KEY])
+    sender = open_compat_layer(sender_side, standalone, symmetric_encryption_keys=[OLD_KEY])
+    receiver = open_compat_layer(receiver_side, standalone, symmetric_encryption_keys=[NEW_KEY])
     await sender.send("wire.rotated", {"type": "old"})
     if receiver_side == "theirs":
         # channels_redis raises InvalidToken out of receive(); ours logs and drops the message.
@@ -313,11 +239,11 @@ def snapshot(server: ValkeyServer) -> dict[bytes, tuple[bytes, int]]:
 
 
 async def test_key_layout_is_channels_redis_layout(
-    open_layer: OpenLayer, standalone: list[ValkeyServer]
+    open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
     server = standalone[0]
-    ours = open_layer("ours", standalone, expiry=60, group_expiry=3600)
-    theirs = open_layer("theirs", standalone, expiry=60, group_expiry=3600)
+    ours = open_compat_layer("ours", standalone, expiry=60, group_expiry=3600)
+    theirs = open_compat_layer("theirs", standalone, expiry=60, group_expiry=3600)
     local = await ours.new_channel()
     process_queue = local[: local.index("!") + 1]
     assert process_queue == f"specific.{ours.client_prefix}!"
@@ -370,15 +296,15 @@ async def test_key_layout_is_channels_redis_layout(
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_capacity_counts_the_peers_messages(
-    direction: tuple[Side, Side], open_layer: OpenLayer, standalone: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
     """``direction`` is (the side that fills the channel, the side whose send must fail)."""
     filler_side, checker_side = direction
     options = {"capacity": 3, "channel_capacity": {"small.*": 2}}
-    filler = open_layer(filler_side, standalone, **options)
-    checker = open_layer(checker_side, standalone, **options)
+    filler = open_compat_layer(filler_side, standalone, **options)
+    checker = open_compat_layer(checker_side, standalone, **options)
     # ``receiver`` only names process-local channels; it never receives here.
-    receiver = open_layer("theirs", standalone, **options)
+    receiver = open_compat_layer("theirs", standalone, **options)
     local = await receiver.new_channel()
     for channel, capacity in (("wire.full", 3), ("small.full", 2), (local, 3)):
         for n in range(capacity - 1):
@@ -397,9 +323,9 @@ async def test_capacity_counts_the_peers_messages(
 
 @pytest.mark.parametrize("flusher_side", SIDES)
 async def test_flush_from_either_side_removes_every_key(
-    flusher_side: Side, open_layer: OpenLayer, standalone: list[ValkeyServer]
+    flusher_side: Side, open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    layers = {side: open_layer(side, standalone) for side in ("ours", "theirs")}
+    layers = {side: open_compat_layer(side, standalone) for side in ("ours", "theirs")}
     for side, layer in layers.items():
         local = await layer.new_channel()
         await layer.send(f"wire.flush.{side}", {"type": "left"})
@@ -439,9 +365,9 @@ SHARDED_NORMAL = [
 
 @pytest.mark.parametrize("direction", SHARDED_NORMAL)
 async def test_sharded_normal_channel(
-    direction: tuple[Side, Side], open_layer: OpenLayer, shards: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, shards: list[ValkeyServer]
 ) -> None:
-    sender, receiver = (open_layer(side, shards) for side in direction)
+    sender, receiver = (open_compat_layer(side, shards) for side in direction)
     # Two rounds over the hosts: a channels_redis receiver reads host 0, 1, 2, 0, 1, 2.
     sent = [{"type": "sharded", "n": n} for n in range(2 * len(shards))]
     for message in sent:
@@ -457,12 +383,12 @@ NORMAL_ON_EACH_HOST = ["worker.a", "worker.d", "worker.j"]
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 async def test_sharded_groups(
-    direction: tuple[Side, Side], open_layer: OpenLayer, shards: list[ValkeyServer]
+    direction: tuple[Side, Side], open_compat_layer: OpenLayer, shards: list[ValkeyServer]
 ) -> None:
     sender_side, member_side = direction
-    sender = open_layer(sender_side, shards)
+    sender = open_compat_layer(sender_side, shards)
     # Two member processes, so that their process queues may sit on different hosts.
-    processes = [open_layer(member_side, shards) for _ in range(2)]
+    processes = [open_compat_layer(member_side, shards) for _ in range(2)]
     theirs = next(layer for layer in (sender, *processes) if isinstance(layer, RedisChannelLayer))
     assert [theirs.consistent_hash(name) for name in NORMAL_ON_EACH_HOST] == [0, 1, 2]
     assert theirs.consistent_hash("sharded-room") != theirs.consistent_hash("lobby")
@@ -500,14 +426,14 @@ async def test_sharded_groups(
 
 
 async def test_sharded_process_local_channel_ours_to_theirs(
-    open_layer: OpenLayer, shards: list[ValkeyServer]
+    open_compat_layer: OpenLayer, shards: list[ValkeyServer]
 ) -> None:
     """Only this direction: ours puts a process-local message on the host of the name up to
     "!", where channels_redis's receive() looks. channels_redis's send() hashes the full name,
     so on several hosts it misses its own receivers (and ours) about two times in three; the
     other direction is not a promise channels_redis keeps even to itself."""
-    sender = open_layer("ours", shards)
-    receiver = open_layer("theirs", shards)
+    sender = open_compat_layer("ours", shards)
+    receiver = open_compat_layer("theirs", shards)
     channels = [await receiver.new_channel() for _ in range(6)]
     for n, channel in enumerate(channels):
         await sender.send(channel, {"type": "local", "n": n})

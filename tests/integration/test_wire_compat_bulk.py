@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import test_wire_compat
-from test_wire_compat import OpenLayer, payload, receive_many
-
-from servers import ValkeyServer
-
-open_layer = test_wire_compat.open_layer  # the fixtures, shared
-standalone = test_wire_compat.standalone
+from support.servers import ValkeyServer
+from support.wire_compat import OpenLayer, payload, receive_many
 
 
 async def test_send_multiple_reaches_their_receivers_in_order(
-    open_layer: OpenLayer, standalone: list[ValkeyServer]
+    open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    ours, theirs = open_layer("ours", standalone), open_layer("theirs", standalone)
+    ours, theirs = open_compat_layer("ours", standalone), open_compat_layer("theirs", standalone)
     sent = [payload(n) for n in range(20)]
     local = await theirs.new_channel()
     await ours.send_multiple("wire.bulk", sent)
@@ -25,9 +20,9 @@ async def test_send_multiple_reaches_their_receivers_in_order(
 
 
 async def test_group_send_multiple_reaches_members_in_both_processes(
-    open_layer: OpenLayer, standalone: list[ValkeyServer]
+    open_compat_layer: OpenLayer, standalone: list[ValkeyServer]
 ) -> None:
-    layers = {side: open_layer(side, standalone) for side in ("ours", "theirs")}
+    layers = {side: open_compat_layer(side, standalone) for side in ("ours", "theirs")}
     members = {
         side: [await layer.new_channel(), await layer.new_channel(), f"wire.bulk.{side}"]
         for side, layer in layers.items()

@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
-from servers import SERVER_KIND, ValkeyServer
+from support.servers import SERVER_KIND, ValkeyServer
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY = "channels-valkey==0.3.0"

@@ -65,7 +65,9 @@ def test_classify_matches_the_key_layout() -> None:
         local = keys.queue("specific.x!y")
         assert classify(local, "pre", hash_tags=hash_tags) == ("process", "specific.x!")
         assert classify(keys.group("g"), "pre", hash_tags=hash_tags) == ("group", "g")
-        assert classify(keys.wake(queue, "r"), "pre", hash_tags=hash_tags)[0] == "internal"
+        wake = classify(keys.wake(queue, "r"), "pre", hash_tags=hash_tags)
+        assert wake is not None
+        assert wake[0] == "internal"
         assert classify(keys.alive(), "pre", hash_tags=hash_tags) == (
             "registry",
             "live processes",

@@ -22,7 +22,7 @@ from channels_valkey.serializers import (
     SerializersRegistry,
     registry,
 )
-from compat_serializer import OwnCryptoJSON
+from support.compat_serializer import OwnCryptoJSON
 
 
 def fernet_for(key: str | bytes) -> Fernet:

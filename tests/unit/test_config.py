@@ -260,7 +260,7 @@ def test_configuration_errors_are_value_errors_like_channels_redis() -> None:
 
 def test_bad_hosts_fail_at_construction() -> None:
     with pytest.raises(ConfigurationError, match=r"hosts must be a list of hosts"):
-        ValkeyChannelLayer(hosts="valkey://localhost:6379")  # type: ignore[arg-type]
+        ValkeyChannelLayer(hosts="valkey://localhost:6379")
 
 
 @pytest.mark.parametrize(

@@ -546,12 +546,16 @@ class _ManagedProcess:
 
     # -- clients ------------------------------------------------------------
 
-    def client(self) -> valkey.Valkey:
-        """A sync client for assertions, owned (and closed) by this object.
+    def client(self) -> Any:
+        """A sync client (``valkey.Valkey``) for assertions, owned (and closed) by this object.
 
         It is cached, so ``server.client().get(key)`` in a test leaks nothing;
         it is dropped whenever the process stops, so it never holds a dead
         connection across a restart.
+
+        Typed ``Any``: valkey-py gives its sync and asyncio clients one set of command
+        signatures, each returning ``Awaitable[Any] | Any`` and ``execute_command`` none at
+        all, so under ``mypy --strict`` every reply would need a cast without checking more.
         """
         if self._client is None:
             self._client = self._new_client()

@@ -13,7 +13,7 @@ from typing import Any
 
 import valkey
 
-from servers import (
+from support.servers import (
     HOST,
     STARTUP_TIMEOUT,
     ServerError,
