@@ -79,3 +79,29 @@ def test_a_script_cannot_be_changed_after_loading() -> None:
     script = Script.load("channels_valkey._queue", "alive")
     with pytest.raises(dataclasses.FrozenInstanceError):
         script.source = "return 2"  # type: ignore[misc]
+
+
+# The core layer's argument layouts: what each .lua file's header says it reads.
+
+
+def test_send_many_interleaves_capacity_and_payload_per_queue() -> None:
+    deliveries = [("q1", 10, b"a"), ("q2", 20, b"b")]
+    assert queue_scripts.send_many_args(1.5, 60, deliveries) == ["1.5", 60, 10, b"a", 20, b"b"]
+
+
+def test_batch_sends_shared_payloads_once_and_own_copies_per_queue() -> None:
+    writes = [("q1", 10, None), ("q2", 20, [b"own1", b"own2"])]
+    args = queue_scripts.batch_args(writes, [1.0, 2.0], [b"s1", b"s2"], 3.0, 60)
+    assert args == ["3.0", 60, 2, "1.0", "2.0", b"s1", b"s2", 10, 0, 20, 1, b"own1", b"own2"]
+
+
+def test_requeue_pairs_each_message_with_its_original_score() -> None:
+    args = queue_scripts.requeue_args(60, [(1.25, b"a"), (2.5, b"b")])
+    assert args == [60, "1.25", b"a", "2.5", b"b"]
+
+
+def test_an_alive_reply_names_the_dead_only_when_they_changed() -> None:
+    changed = queue_scripts.parse_alive([b"2.5", 2, b"170.0", 1, [b"p1", b"p2"]])
+    assert changed == queue_scripts.AliveReply(2.5, (2, "170.0"), ["p1", "p2"])
+    same = queue_scripts.parse_alive([b"", 2, b"170.0", 0, []])
+    assert same == queue_scripts.AliveReply(None, (2, "170.0"), None)
