@@ -16,30 +16,15 @@ from channels_valkey._common import log as rate_limited_log
 from channels_valkey._queue import mailbox as mailbox_module
 from channels_valkey._queue.keys import non_local_name
 from channels_valkey._queue.mailbox import STALLED_AFTER, Demand, Mailbox
+from support.clock import Clock
 
 EXPIRY = 60
 LOGGER = "channels_valkey._queue.mailbox"
 
 
-class Clock:
-    """Stands in for the ``time`` module: wall clock and monotonic clock move together."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+    fake = Clock(1_700_000_000.0)
     monkeypatch.setattr(mailbox_module, "time", fake)
     monkeypatch.setattr(rate_limited_log, "time", fake)
     return fake

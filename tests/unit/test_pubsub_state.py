@@ -22,21 +22,9 @@ from channels_valkey._pubsub.state import (
     LocalState,
     OverflowLimits,
 )
+from support.clock import Clock
 
 STALL = 10.0
-
-
-class Clock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_inbox(capacity: int = 10, clock: Clock | None = None, **limits: Any) -> Inbox:

@@ -12,16 +12,9 @@ import pytest
 
 from channels_valkey._common import log as rate_limited_log
 from channels_valkey._common.log import RateLimitedLog
+from support.clock import Clock
 
 LOGGER = "channels_valkey.tests.rate_limited"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest.fixture

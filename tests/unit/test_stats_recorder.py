@@ -13,16 +13,7 @@ import pytest
 
 from channels_valkey import stats
 from channels_valkey.stats import LayerStats, StatsRecorder
-
-
-class Clock:
-    """``time.monotonic`` that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
+from support.clock import Clock
 
 
 @pytest.fixture
